@@ -1,0 +1,1 @@
+# CUDA and C++ sources, shipped as package data and built just in time by fasttda._extension.

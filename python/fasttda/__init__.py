@@ -1,0 +1,46 @@
+"""fasttda: fast training data attribution for language models.
+
+The public API is reached lazily so that ``import fasttda`` stays cheap and never needs a
+GPU, triton, a compiler or a compiled extension:
+
+* ``fasttda.ops``: the kernels' front door (project, project_factored, quantize,
+  dequantize, score_topk, score_dense), each with ``backend="auto"|"reference"|"triton"|"cuda"``.
+* ``fasttda.GradientCapture``: per-example projected gradients from a model.
+* ``fasttda.FeatureStore``: the on-disk, quantized, crash-safe feature store.
+* ``fasttda.score`` and ``fasttda.precondition``: streaming top-k over stores.
+* ``fasttda.dda``: Debias-and-Denoise attribution over checkpoints.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> "module" (a submodule) or "module:attribute"
+_LAZY = {
+    "ops": "fasttda.ops",
+    "precondition": "fasttda.precondition",
+    "dda": "fasttda.methods.dda",
+    "GradientCapture": "fasttda.capture:GradientCapture",
+    "FeatureStore": "fasttda.store:FeatureStore",
+    "score": "fasttda.scoring:score",
+    "BackendUnavailable": "fasttda._dispatch:BackendUnavailable",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'fasttda' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = importlib.import_module(module)
+    if attr:
+        value = getattr(value, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

@@ -1,0 +1,12 @@
+"""Build script: maps the three source rooms into one `fasttda` package.
+
+`python/fasttda` is the package, `kernels/` ships as `fasttda.kernels` (Triton), and
+`csrc/` ships as `fasttda.csrc` (CUDA/C++ sources, compiled just in time on first use,
+so a CPU-only install never needs nvcc; see `fasttda/_extension.py`).
+"""
+from setuptools import find_packages, setup
+
+packages = find_packages("python") + ["fasttda.kernels", "fasttda.csrc"]
+package_dir = {"": "python", "fasttda.kernels": "kernels", "fasttda.csrc": "csrc"}
+
+setup(packages=packages, package_dir=package_dir)
