@@ -13,8 +13,16 @@ GPU, triton, a compiler or a compiled extension:
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+# Run from a source checkout (PYTHONPATH=python, or a git worktree), `kernels/` and `csrc/`
+# sit beside `python/`; let `fasttda.kernels` and `fasttda.csrc` resolve to them there.
+# Installed wheels carry them inside the package and skip this.
+_source_root = Path(__file__).resolve().parents[2]
+if (_source_root / "kernels" / "__init__.py").is_file() and (_source_root / "python" / "fasttda").is_dir():
+    __path__.append(str(_source_root))  # noqa: F821 (module __path__)
 
 # public name -> "module" (a submodule) or "module:attribute"
 _LAZY = {

@@ -1,0 +1,63 @@
+"""Triton twins of `fasttda.ops._counter_hash`: the same words, bit for bit.
+
+All hash arithmetic is uint32 (wrapping multiply, logical shifts). Row indices are int64
+so offsets past 2**32 (whole-model gradients) stay exact. Every projection kernel builds
+its tiles of P from these helpers; tests compare them against the reference bitwise.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def mix(x):
+    """lowbias32 finalizer on uint32."""
+    x = x ^ (x >> 16)
+    x = x * 0x7FEB352D
+    x = x ^ (x >> 15)
+    x = x * 0x846CA68B
+    return x ^ (x >> 16)
+
+
+@triton.jit
+def row_keys(i, k_row):
+    """row_key for int64 input coordinates ``i`` (any shape)."""
+    hi = (i >> 32).to(tl.uint32)
+    lo = (i & 0xFFFFFFFF).to(tl.uint32)
+    return mix(mix(hi ^ k_row.to(tl.uint32)) ^ lo)
+
+
+@triton.jit
+def col_keys(c, k_col):
+    """col_key for int32/int64 column counters ``c`` (any shape)."""
+    return mix(c.to(tl.uint32) ^ k_col.to(tl.uint32))
+
+
+@triton.jit
+def words(rk, ck):
+    """word(i, c) from broadcastable row and column keys."""
+    return mix(rk + ck)
+
+
+@triton.jit
+def rademacher_tile(rk, cols, k_col):
+    """Unscaled ±1 float32 tile ``[R, C]`` from row keys ``rk`` ``[R]`` and columns ``cols`` ``[C]``.
+
+    One hash word serves 32 consecutive columns; columns past out_dim are the caller's to mask.
+    """
+    w = words(rk[:, None], col_keys(cols >> 5, k_col)[None, :])
+    bit = (w >> (cols & 31).to(tl.uint32)[None, :]) & 1
+    return 1.0 - 2.0 * bit.to(tl.float32)
+
+
+@triton.jit
+def gaussian_tile(rk, cols, k_col):
+    """Unscaled N(0, 1) float32 tile ``[R, C]``: Box–Muller over column pairs (cos even, sin odd)."""
+    pair = (cols >> 1) * 2
+    w1 = words(rk[:, None], col_keys(pair, k_col)[None, :])
+    w2 = words(rk[:, None], col_keys(pair + 1, k_col)[None, :])
+    u1 = ((w1 >> 8) + 1).to(tl.float32) * (1.0 / 16777216.0)
+    u2 = (w2 >> 8).to(tl.float32) * (1.0 / 16777216.0)
+    r = tl.sqrt(-2.0 * tl.log(u1))
+    theta = u2 * 6.283185307179586
+    odd = (cols & 1)[None, :] == 1
+    return tl.where(odd, r * tl.sin(theta), r * tl.cos(theta))

@@ -1,0 +1,3 @@
+from fasttda.cli import main
+
+main()
