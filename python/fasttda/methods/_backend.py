@@ -1,0 +1,128 @@
+"""The three rooms DDA is composed from, behind three thin functions.
+
+* `capture`: per-example projected gradients (``fasttda.GradientCapture``).
+* `create_store` / `open_store`: ``fasttda.FeatureStore``.
+* `score` / `fit_preconditioner`: ``fasttda.score`` and ``fasttda.precondition.fit``.
+
+While a room has not landed, the matching function in `fasttda.methods._fallback` stands
+in (TEMPORARY: exact per-example gradients in a loop, a plain float32 file, a dense matmul).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+from fasttda.methods import _fallback
+from fasttda.methods._checkpoints import ProjectionSpec
+
+
+def _has(module: str, attr: str | None = None) -> bool:
+    try:
+        if importlib.util.find_spec(module) is None:
+            return False
+        if attr is None:
+            return True
+        return hasattr(importlib.import_module(module), attr)
+    except ImportError:
+        return False
+
+
+def have_capture() -> bool:
+    return _has("fasttda.capture", "GradientCapture") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
+
+
+def have_store() -> bool:
+    return _has("fasttda.store", "FeatureStore") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
+
+
+def have_scoring() -> bool:
+    return _has("fasttda.scoring", "score") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
+
+
+def implementation() -> dict[str, str]:
+    """Which implementation each room uses (recorded in reports)."""
+    return {"capture": "GradientCapture" if have_capture() else "fallback (per-example loop)",
+            "store": "FeatureStore" if have_store() else "fallback (float32 file)",
+            "scoring": "fasttda.score" if have_scoring() else "fallback (dense matmul)"}
+
+
+# -- capture ---------------------------------------------------------------------------------
+@contextmanager
+def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequence[str] | None = None,
+            lora_only: bool = False) -> Iterator:
+    """Yield an object whose ``features(input_ids=, attention_mask=, labels=)`` returns
+    ``[B, dim]`` float32 projected per-example gradients of the mean response loss."""
+    if have_capture():
+        from fasttda.capture import GradientCapture
+
+        if projection.kind == "factored":
+            proj = ("factored", projection.k_in, projection.k_out)
+        elif projection.kind == "none":
+            proj = None
+        else:
+            proj = (projection.kind, projection.dim)
+        with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
+                             lora_only=lora_only) as cap:
+            yield cap
+    else:
+        with _fallback.LoopCapture(model, projection=projection, modules=modules, lora_only=lora_only) as cap:
+            yield cap
+
+
+# -- stores ------------------------------------------------------------------------------------
+def create_store(path, dim: int, fmt: str, meta: dict):
+    if have_store():
+        from fasttda.store import FeatureStore
+
+        return FeatureStore.create(path, dim, fmt, meta=meta)
+    return _fallback.FileStore.create(path, dim, fmt, meta=meta)
+
+
+def open_store(path, mode: str = "r"):
+    if have_store():
+        from fasttda.store import FeatureStore
+
+        return FeatureStore.open(path, mode=mode)
+    return _fallback.FileStore.open(path, mode=mode)
+
+
+def store_meta(store) -> dict:
+    meta = getattr(store, "meta", None)
+    if callable(meta):
+        meta = meta()
+    if meta is None and hasattr(store, "manifest"):
+        manifest = store.manifest
+        meta = manifest.get("meta") if isinstance(manifest, dict) else getattr(manifest, "meta", None)
+    return dict(meta or {})
+
+
+# -- scoring ----------------------------------------------------------------------------------
+def score(queries: Sequence[torch.Tensor], stores: Sequence, *, k: int, weights: Sequence[float],
+          normalize: bool, preconditioner=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``Σ_c w_c <q_c, r_c[n]>`` over the rows n shared by the stores."""
+    if have_scoring():
+        from fasttda.scoring import score as fast_score
+
+        return fast_score(list(queries), list(stores), k=k, weights=list(weights), normalize=normalize,
+                          preconditioner=preconditioner)
+    return _fallback.score(queries, stores, k=k, weights=weights, normalize=normalize,
+                           preconditioner=preconditioner)
+
+
+def fit_preconditioner(store, damping: float):
+    if have_scoring() and _has("fasttda.precondition", "fit"):
+        from fasttda.precondition import fit
+
+        return fit(store, damping)
+    return _fallback.fit_preconditioner(store, damping)
+
+
+def store_ids(store) -> list[str]:
+    """Row ids as written by ``append(..., ids=)`` (row numbers when none were)."""
+    ids = getattr(store, "ids", None)
+    ids = ids() if callable(ids) else ids
+    return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(store))]
