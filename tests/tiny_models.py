@@ -6,6 +6,7 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 
 WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho "
@@ -43,3 +44,12 @@ def make_checkpoints(root: Path, n_epochs: int = 2, *, seed: int = 0, extra_word
                     p.add_(0.05 * torch.randn(p.shape, generator=gen))
         paths.append(Path(save(model, tokenizer, root / ("base" if c == 0 else f"epoch{c}"))))
     return paths
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: intra-op threads only add contention on a shared CI machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from fasttda.cli import main
-from tiny_models import make_checkpoints, make_rows, write_jsonl
+from tiny_models import make_checkpoints, make_rows, one_thread, write_jsonl  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from fasttda.data import Example
 from fasttda.methods import dda
 from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
-from tiny_models import make_checkpoints, make_rows, write_jsonl
+from tiny_models import make_checkpoints, make_rows, one_thread, write_jsonl  # noqa: F401
 
 
 def test_combination_weights_per_mode():

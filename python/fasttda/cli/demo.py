@@ -20,17 +20,24 @@ from fasttda.cli._common import FORMATS, one_line_errors
 @click.option("--projection", help="factored:KINxKOUT, rademacher:K, gaussian:K or sjlt:K [factored:16x16; quick 8x8].")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), help="Store precision [fp16].")
 @click.option("--beta", type=float, help="β of debias and dda [1.0].")
+@click.option("--hidden", type=click.IntRange(min=8), help="Model width [64; quick 32].")
+@click.option("--layers", type=click.IntRange(min=1), help="Transformer blocks [2].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [1: the model is tiny].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @one_line_errors
 def demo(out, seed, quick, progress, **overrides):
     """Run the embedded benchmark end to end and write its report."""
+    import dataclasses
     from pathlib import Path
 
     from fasttda.demo.report import table
     from fasttda.demo.run import DemoConfig, run
 
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    size = {k: overrides.pop(k) for k in ("hidden", "layers") if k in overrides}
+    if size:
+        base = (DemoConfig.quick() if quick else DemoConfig()).model
+        overrides["model"] = dataclasses.replace(base, **size)
     config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
     report = run(config, Path(out), progress=progress, log=lambda m: click.echo(m, err=True))
     click.echo(table(report["methods"]))

@@ -29,9 +29,9 @@ class DemoConfig:
     swap_fraction: float = 0.05
     epochs: int = 3
     n_pretrain: int = 3000
-    pretrain_epochs: int = 3
+    pretrain_epochs: int = 6
     pretrain_lr: float = 3e-3
-    lr: float = 1e-3
+    lr: float = 3e-3
     batch_size: int = 16
     heldout_per_pair: int = 12
     min_queries_per_pair: int = 3
@@ -75,10 +75,17 @@ METHODS = {
 
 
 def run(config: DemoConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:
-    out = Path(out)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, Path(out), progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    torch.set_num_threads(config.threads)
     _quiet_transformers()
     torch.manual_seed(config.seed)
     corpus = corpus_mod.make_corpus(config.seed, n_train=config.n_train, n_pairs=config.n_pairs,

@@ -57,14 +57,14 @@ def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequ
     """Yield an object whose ``features(input_ids=, attention_mask=, labels=)`` returns
     ``[B, dim]`` float32 projected per-example gradients of the mean response loss."""
     if have_capture():
-        from fasttda.capture import GradientCapture
+        from fasttda.capture import Dense, Factored, GradientCapture
 
         if projection.kind == "factored":
-            proj = ("factored", projection.k_in, projection.k_out)
+            proj = Factored(projection.k_in, projection.k_out)
         elif projection.kind == "none":
             proj = None
         else:
-            proj = (projection.kind, projection.dim)
+            proj = Dense(projection.dim, kind=projection.kind)
         with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
                              lora_only=lora_only) as cap:
             yield cap
@@ -107,17 +107,23 @@ def score(queries: Sequence[torch.Tensor], stores: Sequence, *, k: int, weights:
     if have_scoring():
         from fasttda.scoring import score as fast_score
 
-        return fast_score(list(queries), list(stores), k=k, weights=list(weights), normalize=normalize,
-                          preconditioner=preconditioner)
+        result = fast_score(list(queries), list(stores), k=k, weights=list(weights), normalize=normalize,
+                            preconditioner=preconditioner)
+        return result[0], result[1]
     return _fallback.score(queries, stores, k=k, weights=weights, normalize=normalize,
                            preconditioner=preconditioner)
 
 
 def fit_preconditioner(store, damping: float):
+    """``(GᵀG/N + λI)⁻¹`` with λ = ``damping`` times the mean of GᵀG/N's diagonal, so
+    one damping suits features of any scale."""
     if have_scoring() and _has("fasttda.precondition", "fit"):
         from fasttda.precondition import fit
 
-        return fit(store, damping)
+        norms = store.norms(0, len(store)).double() if hasattr(store, "norms") else \
+            store.read(0, len(store)).double().norm(dim=1)
+        mean_diag = float((norms ** 2).mean()) / store.dim
+        return fit(store, damping * max(mean_diag, 1e-30))
     return _fallback.fit_preconditioner(store, damping)
 
 
