@@ -159,3 +159,27 @@ def test_bad_projection_spec_and_missing_store(files, tmp_path):
     one_line_error(index_store(files, tmp_path / "s", projection="factored:banana"), "not understood")
     one_line_error(invoke("query", "--store", tmp_path / "none", "--model", files["models"][0], "--queries",
                           files["queries"]), "store not found")
+
+
+def test_lora_checkpoint_captures_only_adapters(files, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fasttda.methods._checkpoints import load_checkpoint
+
+    base = AutoModelForCausalLM.from_pretrained(str(files["models"][0]))
+    lora = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    adapter_dir = tmp_path / "adapter"
+    lora.save_pretrained(str(adapter_dir))
+    assert load_checkpoint(adapter_dir).is_lora
+    store = tmp_path / "store"
+    result = invoke("index", "--model", adapter_dir, "--data", files["data"], "--out", store, "--projection",
+                    "factored:2x2", "--format", "fp32", "--quiet", "--max-length", 64)
+    assert result.exit_code == 0, result.output
+    # one layer x (q_proj, v_proj) x (lora_A, lora_B) x 2x2 = 16 columns: the adapters only
+    assert "16 dims" in result.output

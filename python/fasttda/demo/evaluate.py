@@ -141,3 +141,31 @@ def evaluate(scores: np.ndarray, queries: Sequence[Query], corpus: Corpus, k_fix
     summary = {key: float(np.mean([v[key] for v in per_pair.values()]))
                for key in ("auc", "recall_at_k", f"recall_at_{k_fixed}")}
     return {"summary": summary, "pairs": per_pair, "roc": np.mean(curves, axis=0)}
+
+
+def swap_token_losses(model, tokenizer, records: Sequence[Record], target: str, max_length: int = 128) -> dict:
+    """Mean cross-entropy at the swapped-in entity's tokens and over whole responses, for
+    the training examples of one swap pair: how well a checkpoint has fitted the swap,
+    which is what makes those examples' gradients stand out (or not)."""
+    import torch.nn.functional as F
+
+    from fasttda.data import IGNORE_INDEX, collate, encode
+
+    target_ids = list(tokenizer(" " + target, add_special_tokens=False)["input_ids"])
+    swap_losses, response_losses = [], []
+    rows = encode(tokenizer, [Example(r.id, r.prompt, r.summary) for r in records], max_length)
+    with torch.no_grad():
+        for ids, labels in rows:
+            batch = collate([(ids, labels)], tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+            lab = batch["labels"][0, 1:]
+            loss = F.cross_entropy(logits, lab.clamp_min(0), reduction="none")
+            keep = lab != IGNORE_INDEX
+            response_losses.append(float(loss[keep].mean()))
+            seq = lab.tolist()
+            for start in range(len(seq) - len(target_ids) + 1):
+                if seq[start: start + len(target_ids)] == target_ids:
+                    swap_losses.append(float(loss[start: start + len(target_ids)].mean()))
+                    break
+    return {"swap_token_loss": float(np.mean(swap_losses)) if swap_losses else float("nan"),
+            "response_loss": float(np.mean(response_losses))}

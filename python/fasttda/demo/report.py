@@ -53,6 +53,16 @@ def markdown(report: dict, notes: list[str]) -> str:
         aucs = " | ".join(f"{info['methods'][n]['auc']:.3f}" if n in info["methods"] else "-" for n in names)
         lines.append(f"| {pair} | {info['true_sources']} | {info['generated_queries']} / "
                      f"{info['teacher_forced_queries']} | {aucs} |")
+    lines += ["", "## How well each checkpoint fits the swapped examples", "",
+              "Mean cross-entropy of the swapped examples at the swapped-in entity, and over their whole "
+              "summary (θ₀ = ckpt0). A swap fitted early leaves little of itself in later gradients.", "",
+              "| pair | " + " | ".join(f"ckpt{c} entity / summary" for c in range(cfg["epochs"] + 1)) + " |",
+              "|---|" + "---|" * (cfg["epochs"] + 1)]
+    for pair, info in report["pairs"].items():
+        fit = info.get("fit_of_swapped_examples", {})
+        lines.append(f"| {pair} | " + " | ".join(
+            f"{fit[c]['swap_token_loss']:.2f} / {fit[c]['response_loss']:.2f}" if c in fit else "-"
+            for c in (f"ckpt{i}" for i in range(cfg["epochs"] + 1))) + " |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     lines += ["", f"Timings in seconds on this machine; capture/store/scoring: {cfg['implementation']}.", ""]
     return "\n".join(lines)
