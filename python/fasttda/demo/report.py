@@ -75,9 +75,11 @@ def plot_roc(curves: dict[str, np.ndarray], methods: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    for name, tpr in curves.items():
+    colors = plt.get_cmap("tab20").colors
+    for i, (name, tpr) in enumerate(curves.items()):
         style = "-" if name in ("dda", "denoise", "debias") else "--"
-        ax.plot(FPR_GRID, tpr, style, label=f"{name} (AUC {methods[name]['auc']:.3f})", linewidth=1.4)
+        ax.plot(FPR_GRID, tpr, style, color=colors[i % len(colors)], linewidth=1.4,
+                label=f"{name} (AUC {methods[name]['auc']:.3f})")
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")

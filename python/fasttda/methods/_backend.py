@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -65,9 +66,12 @@ def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequ
             proj = None
         else:
             proj = Dense(projection.dim, kind=projection.kind)
-        with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
-                             lora_only=lora_only) as cap:
-            yield cap
+        with warnings.catch_warnings():
+            # transformers 5 deprecates the attribute capture reads; not the user's concern
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
+                                 lora_only=lora_only) as cap:
+                yield cap
     else:
         with _fallback.LoopCapture(model, projection=projection, modules=modules, lora_only=lora_only) as cap:
             yield cap
