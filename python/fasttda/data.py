@@ -46,7 +46,7 @@ def load_jsonl(
         raise DataError(f"data file not found: {path}")
     examples: list[Example] = []
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as handle:
+    with path.open("r", encoding="utf-8-sig") as handle:
         for line_no, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
