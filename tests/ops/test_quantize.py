@@ -86,7 +86,7 @@ def score_fidelity(gen, fmt, n=2000, d=4096, q=6):
     return spearman(approx, exact)
 
 
-@pytest.mark.parametrize("fmt,floor", [("int8", 0.999), ("fp8_e4m3", 0.995), ("int4", 0.95), ("bf16", 0.9999)])
+@pytest.mark.parametrize("fmt,floor", [("int8", 0.999), ("fp8_e4m3", 0.998), ("int4", 0.97), ("bf16", 0.9999)])
 def test_score_fidelity_spearman_dim_4096(gen, fmt, floor):
     rho = score_fidelity(gen, fmt)
     assert rho.min() >= floor, f"{fmt}: Spearman {rho.min().item():.6f} < {floor}"

@@ -1,7 +1,6 @@
 """FeatureStore: round trips per format, the chunk contract, resume, guards, corruption."""
 import json
 import os
-import warnings
 
 import numpy as np
 import pytest

@@ -17,7 +17,6 @@ committed store; ``open(path, mode="append")`` cuts the uncommitted tail and goe
 from __future__ import annotations
 
 import copy
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,6 +28,7 @@ import torch
 from fasttda.ops.quantize import FLOAT_FORMATS, SCALED_QMAX, bytes_per_row, stored_width
 from fasttda.store import manifest as mf
 from fasttda.store.errors import StoreError, StoreLockedError
+from fasttda.store.ids import ids_digest, name_rows, normalize_ids
 from fasttda.store.shards import TORCH_DTYPE, ShardReader, ShardWriter, remove_uncommitted, roles, to_disk_array
 from fasttda.store.verify import check_files, check_values, raise_problems
 
@@ -114,6 +114,8 @@ class FeatureStore:
         root.mkdir(parents=True, exist_ok=True)
         lock = _lock(root)
         try:
+            if (root / mf.MANIFEST).exists():  # another create won the race for the lock
+                raise FileExistsError(f"a feature store already exists at {root}; open it with FeatureStore.open")
             shards = root / mf.SHARD_DIR
             shards.mkdir(exist_ok=True)
             remove_uncommitted(shards, set())  # a crashed create's leftovers
@@ -456,18 +458,7 @@ class FeatureStore:
     def ids_digest(self) -> str:
         """SHA-256 of the ids in row order, independent of how rows are sharded."""
         if self._ids_digest is None:
-            h = hashlib.sha256(f"{self.id_kind}:{len(self)}:".encode())
-            if self.id_kind == "int":
-                for reader in self._readers:
-                    h.update(memoryview(np.ascontiguousarray(reader.array("ids"))))
-            elif self.id_kind == "str":
-                lengths, blob = hashlib.sha256(), hashlib.sha256()
-                for reader in self._readers:
-                    if reader.rows:
-                        lengths.update(np.diff(reader.array("ids_end"), prepend=0).astype("<i8").tobytes())
-                        blob.update(memoryview(np.ascontiguousarray(reader.array("ids"))))
-                h.update(lengths.digest() + blob.digest())
-            self._ids_digest = h.hexdigest()
+            self._ids_digest = ids_digest(self._readers, self.id_kind, len(self))
         return self._ids_digest
 
     def verify(self) -> dict:
@@ -508,39 +499,10 @@ class FeatureStore:
             raise ValueError(f"features have dim {d}, but the store at {self.path} holds rows of dim {self.dim}")
 
     def _normalize_ids(self, ids, n: int):
-        """``(id_kind, values)``: values an int64 array, a list of str, or None for row indices."""
-        current = self.id_kind
-        if ids is None:
-            if current in (None, "index"):
-                return "index", None
-            raise ValueError(f"this store's rows carry {current} ids; pass ids= (n={n}) with every append")
-        if isinstance(ids, torch.Tensor):
-            ids = ids.cpu().numpy()
-        if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
-            raise TypeError(f"ids must be a sequence of {n} ints or strings, got {type(ids).__name__}")
-        if len(ids) != n:
-            raise ValueError(f"ids has {len(ids)} entries for {n} rows")
-        arr = np.asarray(ids) if n else np.empty(0, np.int64)
-        if arr.dtype.kind in "iu":
-            if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-                raise ValueError("ids must fit in int64")
-            kind, values = "int", arr.astype(np.int64)
-        elif arr.dtype.kind == "U" or (arr.dtype.kind == "O" and all(isinstance(v, str) for v in ids)):
-            kind, values = "str", [str(v) for v in ids]
-        else:
-            raise TypeError(f"ids must be all ints or all strings, got numpy dtype {arr.dtype}")
-        if current not in (None, kind):
-            raise ValueError(f"this store's ids are {current!r}; got {kind} ids"
-                             + (" (it was filled with running row indices: pass no ids)" if current == "index" else ""))
-        return kind, values
+        return normalize_ids(ids, n, self.id_kind)
 
     def _name_rows(self, bad: list[int], id_values) -> str:
-        if id_values is None:
-            names = [len(self) + self._pending + i for i in bad]
-        else:
-            names = [id_values[i] for i in bad]
-            names = [v.item() if hasattr(v, "item") else v for v in names]
-        return f"{names[:10]}{' ...' if len(names) > 10 else ''}"
+        return name_rows(bad, id_values, len(self) + self._pending)
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:

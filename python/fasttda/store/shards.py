@@ -63,7 +63,7 @@ def role_dtype(role: str, fmt: str, id_kind: str | None) -> np.dtype:
     return np.dtype(ROLE_DTYPE[role])
 
 
-def expected_bytes(role: str, rows: int, fmt: str, dim: int, id_kind: str | None, entry: dict) -> int | None:
+def expected_bytes(role: str, rows: int, fmt: str, dim: int, id_kind: str | None) -> int | None:
     """Committed size of a role's file, or None where only the manifest knows (str ids)."""
     if role == "data":
         return rows * stored_width(fmt, dim) * np.dtype(DISK_DTYPE[fmt]).itemsize

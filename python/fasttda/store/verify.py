@@ -28,7 +28,7 @@ def check_files(directory: Path, manifest: dict, *, checksums: bool) -> list[str
             continue
         for role, meta in shard["files"].items():
             path = directory / meta["file"]
-            want = expected_bytes(role, shard["rows"], fmt, dim, id_kind, meta)
+            want = expected_bytes(role, shard["rows"], fmt, dim, id_kind)
             if want is not None and meta["bytes"] != want:
                 problems.append(f"{path}: manifest records {meta['bytes']} bytes, {shard['rows']} rows need {want}")
                 continue
