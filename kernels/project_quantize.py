@@ -99,11 +99,13 @@ def launch_project_quantized(x, out_dim, fmt, kind, k_row, k_col, offset, s):
     BLOCK_B = 16
     BLOCK_D = 32 if interpreted else 16
     gaussian = kind == "gaussian"
-    options = {} if interpreted else {"enable_fp_fusion": False}
+    k_pad = max(32, triton.next_power_of_2(out_dim))
+    # spread the [BLOCK_B, K_PAD] accumulator and P tile over more threads as rows widen
+    options = {} if interpreted else {"enable_fp_fusion": False, "num_warps": min(16, max(4, k_pad // 128))}
     _project_quantize_kernel[(triton.cdiv(B, BLOCK_B),)](
         x, raw, norms if scale is None else scale, norms, B, D, out_dim, W, x.stride(0), x.stride(1), offset,
         k_row, k_col, _scale(kind, out_dim, s),
         GAUSSIAN=gaussian, FMT=FMT_CODE[fmt], QMAX=SCALED_QMAX.get(fmt, 1.0), BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D,
-        K_PAD=max(32, triton.next_power_of_2(out_dim)), DOT_DTYPE=_dot_dtype(x, gaussian), **options,
+        K_PAD=k_pad, DOT_DTYPE=_dot_dtype(x, gaussian), **options,
     )
     return _view_stored(raw, fmt), scale, norms

@@ -11,7 +11,8 @@ FP8 = torch.float8_e4m3fn
 
 
 def gaussian_rows(gen, n, d):
-    return torch.randn(n, d, generator=gen, dtype=torch.float64) * torch.rand(n, 1, generator=gen, dtype=torch.float64).add(0.05) * 10
+    spread = torch.rand(n, 1, generator=gen, dtype=torch.float64).add(0.05) * 10
+    return torch.randn(n, d, generator=gen, dtype=torch.float64) * spread
 
 
 def student_t_rows(gen, n, d, dof=2.0):

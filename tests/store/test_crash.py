@@ -94,6 +94,7 @@ def tail_present(path: Path, store: FeatureStore) -> bool:
     return False
 
 
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(signal, "SIGKILL"), reason="needs fork and SIGKILL (POSIX)")
 def test_sigkill_writer_leaves_exactly_the_committed_rows(tmp_path):
     path, log = tmp_path / "store", tmp_path / "commits.log"
     FeatureStore.create(path, DIM, FMT, shard_rows=SHARD_ROWS).close()
@@ -136,4 +137,5 @@ def test_sigkill_writer_leaves_exactly_the_committed_rows(tmp_path):
     final = FeatureStore.open(path, verify="full")
     check_prefix(final, n + BATCH)
     final.verify()
-    print(f"{rounds} kills, {tails} left an uncommitted tail, {len(final)} rows in {len(final.manifest['shards'])} shards")
+    shards = len(final.manifest["shards"])
+    print(f"{rounds} kills, {tails} left an uncommitted tail, {len(final)} rows in {shards} shards")

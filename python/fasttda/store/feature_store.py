@@ -110,7 +110,8 @@ class FeatureStore:
                 raise FileExistsError(f"{root} exists and is not a directory")
             strays = {p.name for p in root.iterdir()} - {mf.SHARD_DIR, mf.LOCK, mf.MANIFEST + ".tmp"}
             if strays:
-                raise FileExistsError(f"{root} is not empty (holds {sorted(strays)[:5]}); give a new or empty directory")
+                raise FileExistsError(f"{root} is not empty (holds {sorted(strays)[:5]}); "
+                                      "give a new or empty directory")
         root.mkdir(parents=True, exist_ok=True)
         lock = _lock(root)
         try:
@@ -232,15 +233,15 @@ class FeatureStore:
             raise ValueError(f"features must be a 2-D floating array [n, {self.dim}], got {x.dtype} {tuple(x.shape)}")
         self._check_dim(x.shape[1])
         id_kind, id_values = self._normalize_ids(ids, x.shape[0])
-        bad = (~torch.isfinite(x).all(dim=1)).nonzero().flatten().tolist()
+        norms = row_norms(x)
+        bad = (~torch.isfinite(norms)).nonzero().flatten().tolist()  # NaN/inf rows, nothing else
         if bad:
-            raise ValueError(f"features hold NaN or inf in {len(bad)} row(s); rejected, nothing was appended. "
-                             f"Offending ids: {self._name_rows(bad, id_values)}")
+            raise ValueError(f"features hold NaN or inf (or a norm beyond float32) in {len(bad)} row(s); rejected, "
+                             f"nothing was appended. Offending ids: {self._name_rows(bad, id_values)}")
         if x.shape[0] == 0:
             return
         from fasttda.ops.quantize import quantize
 
-        norms = row_norms(x)
         data, scale = quantize(x, self.fmt)
         self._write(id_kind, data, scale, norms, id_values)
 
@@ -506,10 +507,15 @@ class FeatureStore:
 
 
 def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Float32 L2 norms of rows, exact up to float32 rounding even where squares overflow float32."""
-    norms = torch.linalg.vector_norm(x.to(torch.float32), dim=1)
-    if not bool(torch.isfinite(norms).all()):
-        norms = torch.linalg.vector_norm(x.to(torch.float64), dim=1).to(torch.float32)
+    """Float32 L2 norms of rows; non-finite exactly for the rows holding NaN or inf.
+
+    Rows whose float32 sum of squares overflows are redone in float64, where finite
+    float32 values cannot overflow.
+    """
+    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
+    redo = (~torch.isfinite(norms)).nonzero().flatten()
+    if redo.numel():
+        norms[redo] = torch.linalg.vector_norm(x[redo].to(torch.float64), dim=1).to(torch.float32)
     return norms
 
 

@@ -168,7 +168,8 @@ def _check_manifest(m: Any, path: Path) -> None:
         raise CorruptStoreError(f"{path}: unknown fmt {m['fmt']!r} or id_kind {m.get('id_kind')!r}", [str(path)])
     total = 0
     for shard in m["shards"]:
-        if not (isinstance(shard, dict) and isinstance(shard.get("rows"), int) and isinstance(shard.get("files"), dict)):
+        if not (isinstance(shard, dict) and isinstance(shard.get("rows"), int)
+                and isinstance(shard.get("files"), dict)):
             raise CorruptStoreError(f"{path}: malformed shard entry {shard!r}", [str(path)])
         total += shard["rows"]
     if total != m["rows"]:
