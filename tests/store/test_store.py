@@ -303,3 +303,23 @@ def test_fingerprint(gen):
         model_fingerprint([1, 2])
     with pytest.raises(ValueError, match="meta device"):
         model_fingerprint(torch.nn.Linear(2, 2, device="meta"))
+
+
+def test_cli_info_and_verify(tmp_path, gen):
+    from click.testing import CliRunner
+
+    from fasttda.cli.store import store as cli
+
+    good = _store_with_rows(tmp_path / "good", gen)
+    bad = _store_with_rows(tmp_path / "bad", gen)
+    target = bad / "shards" / "shard-000001.data"
+    raw = bytearray(target.read_bytes())
+    raw[3] ^= 1
+    target.write_bytes(bytes(raw))
+    runner = CliRunner()
+    out = runner.invoke(cli, ["info", str(good)])
+    assert out.exit_code == 0 and "25 rows x 16 int8, 3 shard(s)" in out.output
+    assert json.loads(runner.invoke(cli, ["info", "--json", str(good)]).output)[str(good)]["rows"] == 25
+    out = runner.invoke(cli, ["verify", str(good), str(bad)])
+    assert out.exit_code == 1 and f"ok {good}" in out.output and "shard-000001.data: SHA-256 mismatch" in out.output
+    assert runner.invoke(cli, ["verify", "--compatible", str(good), str(good)]).exit_code == 0
