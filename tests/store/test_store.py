@@ -323,3 +323,16 @@ def test_cli_info_and_verify(tmp_path, gen):
     out = runner.invoke(cli, ["verify", str(good), str(bad)])
     assert out.exit_code == 1 and f"ok {good}" in out.output and "shard-000001.data: SHA-256 mismatch" in out.output
     assert runner.invoke(cli, ["verify", "--compatible", str(good), str(good)]).exit_code == 0
+
+
+def test_create_over_a_crashed_create(tmp_path, gen):
+    root = tmp_path / "s"
+    (root / "shards").mkdir(parents=True)
+    (root / "shards" / "shard-000000.data").write_bytes(b"\x01" * 40)  # never committed
+    (root / "writer.lock").touch()
+    (root / "manifest.json.tmp").write_text("{")
+    with FeatureStore.create(root, 4, "int8") as store:
+        assert not (root / "shards" / "shard-000000.data").exists()
+        x = rows(gen, 3, 4)
+        store.append(x)
+    assert torch.equal(FeatureStore.open(root, verify="full").read(), roundtrip(x, "int8"))
