@@ -63,7 +63,8 @@ def fp8_e4m3_value(b):
     m = b & 7
     normal = (((e + 120) << 23) | (m << 20)).to(tl.float32, bitcast=True)
     mag = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
-    mag = tl.where((b & 0x7F) == 0x7F, float("nan"), mag)
+    nan = (b | 0x7FC00000).to(tl.float32, bitcast=True)  # quiet NaN (the low bits are payload)
+    mag = tl.where((b & 0x7F) == 0x7F, nan, mag)
     return tl.where((b & 0x80) != 0, -mag, mag)
 
 
