@@ -18,9 +18,8 @@ import triton.language as tl
 
 from fasttda.kernels._counter_hash import gaussian_tile, rademacher_tile_packed, row_keys
 from fasttda.kernels.project import _dot_dtype, _scale, launch_project
-from fasttda.kernels.quantize import FMT_CODE, RAW_DTYPE, _view_stored, bf16_bits, fp8_e4m3_bits, launch_quantize, \
-    round_half_even
-from fasttda.ops.quantize import SCALED_QMAX, stored_width
+from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, bf16_bits, fp8_e4m3_bits,
+                                      launch_quantize, round_half_even, stored_width)
 
 FUSED_MAX_DIM = 2048
 

@@ -16,8 +16,10 @@ import torch
 import triton
 import triton.language as tl
 
-from fasttda.ops.quantize import FP8, SCALED_QMAX, stored_width
-
+# The format table lives in fasttda.ops.quantize; kernels import nothing from ops (arrows
+# point down), so the three numbers the kernels need are restated here and a test pins them.
+FP8 = getattr(torch, "float8_e4m3fn", None)
+SCALED_QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
 FMT_CODE = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "fp8_e4m3": 4, "int4": 5}
 # what the kernels store / load: bit patterns for bf16 and fp8, viewed back in the launcher
 RAW_DTYPE = {"fp32": torch.float32, "bf16": torch.int16, "fp16": torch.float16, "int8": torch.int8,
@@ -169,6 +171,10 @@ def launch_dequantize(data: torch.Tensor, scale, fmt: str, dim: int):
         _dequantize_kernel[(N, triton.cdiv(dim, block))](raw, scale_arg, out, dim, raw.stride(0), raw.stride(1),
                                                           FMT=FMT_CODE[fmt], BLOCK=block, **_options(data.device))
     return out
+
+
+def stored_width(fmt: str, dim: int) -> int:
+    return (dim + 1) // 2 if fmt == "int4" else dim
 
 
 def _view_stored(raw: torch.Tensor, fmt: str) -> torch.Tensor:

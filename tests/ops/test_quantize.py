@@ -148,6 +148,17 @@ def test_triton_rounding_ties_and_every_fp8_code():
     assert torch.equal(back.isnan(), ref.isnan()) and torch.equal(back.nan_to_num(), ref.nan_to_num())
 
 
+@needs_triton
+def test_kernel_format_table_matches_ops():
+    import importlib
+
+    kq = importlib.import_module("fasttda.kernels.quantize")
+    oq = importlib.import_module("fasttda.ops.quantize")  # the module; fasttda.ops.quantize is the function
+
+    assert kq.SCALED_QMAX == oq.SCALED_QMAX and set(kq.FMT_CODE) == set(oq.FORMATS)
+    assert all(kq.stored_width(f, d) == oq.stored_width(f, d) for f in oq.FORMATS for d in (1, 2, 7))
+
+
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_input():
     x = torch.randn(4, 6)
