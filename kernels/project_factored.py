@@ -1,0 +1,121 @@
+"""Triton kernel for `fasttda.ops.project_factored`: both projections and the token sum, fused.
+
+One program owns (example b, a token split, a k_out tile, a k_in tile). For each tile of
+BLOCK_T tokens it projects x and dy with tiles of P_in and P_out generated in registers
+from the counter hash (P is never read from memory), then adds ``pdyᵀ · px`` to a
+``[BLOCK_KO, BLOCK_KI]`` float32 accumulator. Projected tokens and per-token outer products
+never leave registers. Masked tokens are loaded as zeros, so NaN/inf at padding cannot leak.
+
+Token splits (more programs when B is small and T long) write partial sums to a
+``[split, B, k_out, k_in]`` buffer that is summed afterwards: deterministic, no atomics.
+When k_out or k_in exceed one tile, the other side's projection is recomputed per tile;
+ranks up to 64 fit in one tile.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from fasttda.kernels._counter_hash import gaussian_tile, rademacher_tile, row_keys
+
+MAX_BLOCK_K = 64
+
+
+@triton.jit
+def _project_tokens(ptr, b, t, t_ok, stride_b, stride_t, stride_d, D, ks, k_row, k_col,
+                    GAUSSIAN: tl.constexpr, NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Unscaled ``[BLOCK_T, BLOCK_K]`` projection of one token tile onto columns ``ks``."""
+    acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        tile = tl.load(ptr + b * stride_b + t[:, None] * stride_t + d[None, :] * stride_d,
+                       mask=t_ok[:, None] & (d < D)[None, :], other=0.0)
+        rk = row_keys(d.to(tl.int64), k_row)
+        if GAUSSIAN:
+            p = gaussian_tile(rk, ks, k_col)
+        else:
+            p = rademacher_tile(rk, ks, k_col)
+        if NATIVE_DOT:
+            # ±1 is exact in bf16/fp16: keep the tensor-core dtype, accumulate in fp32.
+            acc += tl.dot(tile, p.to(tile.dtype))
+        else:
+            acc += tl.dot(tile.to(tl.float32), p, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _project_factored_kernel(
+    x_ptr, dy_ptr, mask_ptr, out_ptr,
+    T, D_IN, D_OUT, K_IN, K_OUT, B, SPLIT, TOKENS_PER_SPLIT,
+    sxb, sxt, sxd, sdb, sdt, sdd, smb, smt,
+    kin_row, kin_col, kout_row, kout_col, scale,
+    HAS_MASK: tl.constexpr, GAUSSIAN: tl.constexpr, NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_KI: tl.constexpr, BLOCK_KO: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    b = pid // SPLIT
+    split = pid % SPLIT
+    ko = tl.program_id(1) * BLOCK_KO + tl.arange(0, BLOCK_KO)
+    ki = tl.program_id(2) * BLOCK_KI + tl.arange(0, BLOCK_KI)
+    t_start = split * TOKENS_PER_SPLIT
+    t_end = tl.minimum(T, t_start + TOKENS_PER_SPLIT)
+    acc = tl.zeros((BLOCK_KO, BLOCK_KI), dtype=tl.float32)
+    for t0 in range(t_start, t_end, BLOCK_T):
+        t = t0 + tl.arange(0, BLOCK_T)
+        t_ok = t < t_end
+        if HAS_MASK:
+            keep = tl.load(mask_ptr + b * smb + t * smt, mask=t_ok, other=0)
+            t_ok = t_ok & (keep != 0)
+        px = _project_tokens(x_ptr, b, t, t_ok, sxb, sxt, sxd, D_IN, ki, kin_row, kin_col,
+                             GAUSSIAN, NATIVE_DOT, PRECISION, BLOCK_T, BLOCK_D, BLOCK_KI)
+        pdy = _project_tokens(dy_ptr, b, t, t_ok, sdb, sdt, sdd, D_OUT, ko, kout_row, kout_col,
+                              GAUSSIAN, NATIVE_DOT, PRECISION, BLOCK_T, BLOCK_D, BLOCK_KO)
+        acc += tl.dot(tl.trans(pdy), px, input_precision=PRECISION)
+    out = out_ptr + ((split * B + b) * K_OUT + ko[:, None]) * K_IN + ki[None, :]
+    tl.store(out, acc * scale, mask=(ko < K_OUT)[:, None] & (ki < K_IN)[None, :])
+
+
+def _block_k(k: int) -> int:
+    return min(MAX_BLOCK_K, max(16, triton.next_power_of_2(k)))
+
+
+def _token_splits(B: int, T: int, tiles: int, block_t: int, device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    programs_wanted = 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    per_split_min = 4 * block_t  # keep enough tokens per program to amortize the P tiles
+    return max(1, min(-(-programs_wanted // (B * tiles)), -(-T // per_split_min)))
+
+
+def launch_project_factored(x, dy, mask, k_in, k_out, kind, keys_in, keys_out, *, split_t=None):
+    """Launch on checked inputs; ``split_t`` forces the number of token splits (tests)."""
+    B, T, d_in = x.shape
+    d_out = dy.shape[2]
+    block_ki, block_ko = _block_k(k_in), _block_k(k_out)
+    block_t, block_d = (16, 16) if x.device.type != "cuda" else (32, 32)
+    tiles_ko, tiles_ki = -(-k_out // block_ko), -(-k_in // block_ki)
+    split = split_t or _token_splits(B, T, tiles_ko * tiles_ki, block_t, x.device)
+    tokens_per_split = -(-T // split)
+    gaussian = kind == "gaussian"
+    native = (not gaussian) and x.dtype == dy.dtype and x.dtype in (torch.bfloat16, torch.float16)
+    mask_u8 = mask.to(torch.uint8) if mask is not None else None
+    m = mask_u8 if mask_u8 is not None else x
+    m_strides = mask_u8.stride() if mask_u8 is not None else (0, 0)
+    partial = torch.empty(split, B, k_out, k_in, dtype=torch.float32, device=x.device)
+    scale = 1.0 / math.sqrt(k_in * k_out)
+    grid = (B * split, tiles_ko, tiles_ki)
+    _project_factored_kernel[grid](
+        x, dy, m, partial,
+        T, d_in, d_out, k_in, k_out, B, split, tokens_per_split,
+        *x.stride(), *dy.stride(), *m_strides,
+        keys_in[0], keys_in[1], keys_out[0], keys_out[1], scale,
+        HAS_MASK=mask is not None, GAUSSIAN=gaussian, NATIVE_DOT=native, PRECISION="tf32x3",
+        BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_KI=block_ki, BLOCK_KO=block_ko,
+    )
+    out = partial[0] if split == 1 else partial.sum(0)
+    return out.reshape(B, k_out * k_in)
