@@ -102,7 +102,9 @@ def launch_project_factored(x, dy, mask, k_in, k_out, kind, keys_in, keys_out, *
     split = split_t or _token_splits(B, T, tiles_ko * tiles_ki, block_t, x.device)
     tokens_per_split = -(-T // split)
     gaussian = kind == "gaussian"
-    native = (not gaussian) and x.dtype == dy.dtype and x.dtype in (torch.bfloat16, torch.float16)
+    # The interpreter mis-evaluates 16-bit tl.dot, so the 16-bit tensor-core path is GPU-only.
+    native = ((not gaussian) and x.device.type == "cuda" and x.dtype == dy.dtype
+              and x.dtype in (torch.bfloat16, torch.float16))
     mask_u8 = mask.to(torch.uint8) if mask is not None else None
     m = mask_u8 if mask_u8 is not None else x
     m_strides = mask_u8.stride() if mask_u8 is not None else (0, 0)
