@@ -21,9 +21,11 @@ from dataclasses import dataclass
 
 import torch
 
-from fasttda import ops
+# Functions are imported from their modules: once a submodule such as fasttda.ops.project
+# is imported, the package attribute `fasttda.ops.project` is that module, not the function.
+from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import KINDS as FACTORED_KINDS
-from fasttda.ops.project_factored import factored_seeds
+from fasttda.ops.project_factored import factored_seeds, project_factored
 
 DENSE_CHUNK_ENTRIES = 1 << 22
 
@@ -128,10 +130,10 @@ def keep_input(projection, block, x, mask, *, hold_inputs: bool, backend):
     if isinstance(projection, Factored) and not hold_inputs:
         seed_in, _ = factored_seeds(block.seed)
         B, N, d_in = x.shape
-        px = ops.project(_op_dtype(x).reshape(B * N, d_in), projection.k_in, kind=projection.kind,
+        px = project(_op_dtype(x).reshape(B * N, d_in), projection.k_in, kind=projection.kind,
                          seed=seed_in, backend=backend).reshape(B, N, -1)
         if block.bias:
-            px += ops.projection_matrix(1, projection.k_in, kind=projection.kind, seed=seed_in,
+            px += projection_matrix(1, projection.k_in, kind=projection.kind, seed=seed_in,
                                         offset=d_in, device=x.device)[0]
         return _masked(px, mask)
     return x
@@ -145,7 +147,7 @@ def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, back
             return _fused_factored(projection, block, kept, dy, mask, backend)
         _, seed_out = factored_seeds(block.seed)
         B, N, d_out = dy.shape
-        pdy = ops.project(_op_dtype(dy).reshape(B * N, d_out), projection.k_out, kind=projection.kind,
+        pdy = project(_op_dtype(dy).reshape(B * N, d_out), projection.k_out, kind=projection.kind,
                           seed=seed_out, backend=backend).reshape(B, N, -1)
         return torch.bmm(_masked(pdy, mask).transpose(1, 2), kept).reshape(B, -1)
     x = _masked(kept.to(_work_dtype(kept)), mask)
@@ -159,7 +161,7 @@ def _fused_factored(projection, block, x, dy, mask, backend):
     x = _op_dtype(x)
     if block.bias:
         x = torch.cat([x, torch.ones_like(x[:, :, :1])], dim=2)
-    return ops.project_factored(x, _op_dtype(dy).to(x.dtype), k_in=projection.k_in, k_out=projection.k_out,
+    return project_factored(x, _op_dtype(dy).to(x.dtype), k_in=projection.k_in, k_out=projection.k_out,
                                 seed=block.seed, mask=mask, kind=projection.kind, backend=backend)
 
 
@@ -187,11 +189,11 @@ def _dense_projection(projection, block, x, dy, backend):
     pieces = [(lo, min(rows, lo + step)) for lo in range(0, rows, step)]
     for lo, hi in pieces:
         g = _weight_rows(block, x, dy, lo, hi).reshape(B, -1)
-        part = ops.project(_op_dtype(g), projection.k, kind=projection.kind, seed=_dense_seed(block),
+        part = project(_op_dtype(g), projection.k, kind=projection.kind, seed=_dense_seed(block),
                            offset=block.param_offset + lo * cols, s=projection.s, backend=backend)
         out = part if out is None else out.add_(part)
     if block.bias:
-        out.add_(ops.project(_op_dtype(dy.sum(1)), projection.k, kind=projection.kind, seed=_dense_seed(block),
+        out.add_(project(_op_dtype(dy.sum(1)), projection.k, kind=projection.kind, seed=_dense_seed(block),
                              offset=block.param_offset + rows * cols, s=projection.s, backend=backend))
     return out
 
