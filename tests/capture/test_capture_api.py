@@ -171,3 +171,19 @@ def test_bad_input(tiny_llama, tiny_gpt2, gen):
         cap.loss_fn = None
         assert cap.features(**batch).shape == (2, cap.layout.total_dim)  # still usable after errors
     assert all(p.requires_grad for p in tiny_llama.parameters())
+
+
+def test_gradient_checkpointing(tiny_llama, gen):
+    batch = make_batch(gen, [5, 4], 5, "left")
+    with fasttda.GradientCapture(tiny_llama, projection=("factored", 3)) as cap:
+        expected = cap.features(**batch)
+    tiny_llama.gradient_checkpointing_enable()
+    try:
+        tiny_llama.train()
+        with pytest.raises(ValueError, match="gradient checkpointing"):
+            CaptureHooks(tiny_llama).attach()
+        with fasttda.GradientCapture(tiny_llama, projection=("factored", 3)) as cap:  # eval mode: no recompute
+            torch.testing.assert_close(cap.features(**batch), expected)
+    finally:
+        tiny_llama.gradient_checkpointing_disable()
+        tiny_llama.eval()

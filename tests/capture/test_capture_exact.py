@@ -88,9 +88,10 @@ def test_features_do_not_depend_on_batch_composition(request, gen, model_name, p
 
 
 @needs_triton
-def test_fused_triton_kernel_inside_capture(tiny_llama, gen):
+@pytest.mark.parametrize("hold_inputs", [True, False])
+def test_triton_kernels_inside_capture(tiny_llama, gen, hold_inputs):
     batch = make_batch(gen, [6, 4], 6, "mixed")
-    kwargs = dict(modules="*.layers.1.*", projection=("factored", 4, 3), hold_inputs=True)
+    kwargs = dict(modules="*.layers.1.*", projection=("factored", 4, 3), hold_inputs=hold_inputs)
     with fasttda.GradientCapture(tiny_llama, backend="reference", **kwargs) as cap:
         ref = cap.features(**batch)
     with fasttda.GradientCapture(tiny_llama, backend="triton", **kwargs) as cap:

@@ -18,6 +18,13 @@ weight-gradient matmul.
 Features are gradients of whatever was backpropagated: backprop a *sum* of per-example
 losses (a batch mean scales every row by 1/B). Inputs must be batch-first; tokens are all
 dimensions between the batch and the feature dimension.
+
+Memory beyond what autograd holds: with the factored projection, ``[B, tokens, k_in]``
+per captured module (x is projected in the forward hook) plus one module's dy at a time;
+with ``hold_inputs=True``, raw ``dense`` or raw (None) projections, each captured module's
+x until its dy arrives (what plain training would hold), and one module's per-example
+gradient rows at a time. Gradient checkpointing in training mode is refused: its
+recomputed forward would be recorded twice.
 """
 from __future__ import annotations
 
@@ -85,6 +92,10 @@ class CaptureHooks:
     def attach(self) -> "CaptureHooks":
         if self._handles:
             raise RuntimeError("CaptureHooks are already attached")
+        if getattr(self.model, "is_gradient_checkpointing", False) and self.model.training:
+            raise ValueError("gradient checkpointing is on and the model is in training mode: the recomputed "
+                             "forward would be captured twice; call model.gradient_checkpointing_disable() "
+                             "or model.eval() (GradientCapture does the latter)")
         for block, module in self._modules:
             self._handles.append(module.register_forward_hook(self._forward_hook(block)))
         return self
