@@ -113,6 +113,10 @@ def test_user_loss_function(tiny_llama, gen):
     with fasttda.GradientCapture(tiny_llama, projection=("factored", 3), loss_fn=weighted) as cap:
         scaled = cap.features(**batch)
     torch.testing.assert_close(scaled, base * weights[:, None].float(), rtol=1e-5, atol=1e-7)
+    expected_losses = weights * per_example_loss(tiny_llama(**{k: v for k, v in batch.items() if k != "labels"},
+                                                            position_ids=position_ids_from_mask(batch["attention_mask"])).logits,
+                                                 batch["labels"], batch["attention_mask"])
+    torch.testing.assert_close(cap.last_losses, expected_losses.detach())
 
 
 def test_default_labels_count_every_real_token(tiny_llama, gen):

@@ -61,6 +61,7 @@ class GradientCapture:
         self.loss_fn = loss_fn
         self.freeze = freeze
         self._saved: tuple | None = None
+        self.last_losses: torch.Tensor | None = None  # per-example losses of the last features() call
         self._forward_params = _forward_parameters(model)
 
     @property
@@ -96,7 +97,7 @@ class GradientCapture:
         token; left or right padding) and ``labels`` (-100 = not counted; default: the
         input ids, -100 at padding), plus any other model inputs. Unless given,
         ``position_ids`` are counted over real tokens, so an example gets the same features
-        alone or left-padded in a batch.
+        alone or left-padded in a batch. The per-example losses are kept in `last_losses`.
         """
         if self._saved is None:
             raise RuntimeError("GradientCapture.features() must be called inside `with GradientCapture(...) as cap:`")
@@ -106,6 +107,7 @@ class GradientCapture:
             with torch.enable_grad():
                 outputs = self.model(**inputs)
                 losses = self._losses(outputs, batch, labels, mask)
+                self.last_losses = losses.detach()
                 total = losses.sum()
                 if not total.requires_grad:
                     raise RuntimeError("the loss does not depend on any captured module's output")
