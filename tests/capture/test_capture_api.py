@@ -190,4 +190,6 @@ def test_gradient_checkpointing(tiny_llama, gen):
             torch.testing.assert_close(cap.features(**batch), expected)
     finally:
         tiny_llama.gradient_checkpointing_disable()
+        if getattr(tiny_llama, "_require_grads_hook", None) is not None:
+            tiny_llama.disable_input_require_grads()  # enable() left this embedding hook behind
         tiny_llama.eval()
