@@ -193,3 +193,30 @@ def test_gradient_checkpointing(tiny_llama, gen):
         if getattr(tiny_llama, "_require_grads_hook", None) is not None:
             tiny_llama.disable_input_require_grads()  # enable() left this embedding hook behind
         tiny_llama.eval()
+
+
+def test_shared_module_called_twice_and_2d_inputs(gen):
+    """A plain nn.Module: one Linear applied twice per forward, inputs [B, d] without a token axis."""
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.shared = torch.nn.Linear(6, 6)
+            self.head = torch.nn.Linear(6, 1, bias=False)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.shared(torch.tanh(self.shared(x)))))
+
+    model = Tiny().double()
+    x = torch.randn(4, 6, generator=gen, dtype=torch.float64)
+    expected = []
+    for b in range(4):
+        model.zero_grad()
+        model(x[b:b + 1]).sum().backward()
+        expected.append(torch.cat([model.shared.weight.grad.flatten(), model.shared.bias.grad]))
+    model.zero_grad(set_to_none=True)
+    hooks = CaptureHooks(model, modules=["shared"], projection=None, include_bias=True)
+    with hooks:
+        model(x).sum().backward()
+        feats = hooks.pop_features()
+    torch.testing.assert_close(feats.double(), torch.stack(expected), rtol=1e-5, atol=1e-6)
