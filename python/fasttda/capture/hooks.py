@@ -139,14 +139,12 @@ class CaptureHooks:
         was recorded, or if forwards were recorded but no output gradient arrived (the
         backward pass did not run), or (``check_finite``) if a block holds NaN/inf.
         """
-        buffer, pending, arrived = self._buffer, self._pending, self._arrived
-        self._reset()
+        buffer, waiting, arrived = self._buffer, bool(self._pending), self._arrived
+        self._reset()  # outputs still waiting never reached the loss: their gradient is zero
         if buffer is None:
             raise RuntimeError("no batch was recorded: run a forward pass (with grad enabled) under the hooks first")
-        if pending and not arrived:
+        if waiting and not arrived:
             raise RuntimeError("forward passes were recorded but no gradient arrived: call backward() on the loss")
-        for cell in pending.values():
-            cell.clear()  # drop kept inputs of outputs the loss never reached
         if check_finite and not bool(torch.isfinite(buffer).all()):
             bad = [b.name for b in self.layout.blocks if not bool(torch.isfinite(buffer[:, b.columns]).all())]
             raise FloatingPointError(f"non-finite gradient features in modules {bad}")
@@ -154,6 +152,8 @@ class CaptureHooks:
 
     # -- internals ------------------------------------------------------------------------
     def _reset(self) -> None:
+        for cell in getattr(self, "_pending", {}).values():
+            cell.clear()  # a gradient arriving later for a dropped batch is ignored
         self._buffer: torch.Tensor | None = None
         self._pending: dict[int, list] = {}
         self._arrived = False
@@ -190,13 +190,13 @@ class CaptureHooks:
             self._pending[call_id] = cell
             if not output.requires_grad:
                 output = output.detach().requires_grad_()
-            output.register_hook(self._backward_hook(block, call_id, cell, output.shape))
+            output.register_hook(self._backward_hook(block, call_id, cell))
             return output
         return hook
 
-    def _backward_hook(self, block: ModuleBlock, call_id: int, cell: list, shape):
+    def _backward_hook(self, block: ModuleBlock, call_id: int, cell: list):
         def hook(grad):
-            if not cell:  # popped before this gradient arrived
+            if not cell:  # the batch was popped or dropped before this gradient arrived
                 return None
             kept, mask = cell
             cell.clear()
