@@ -12,16 +12,16 @@ import importlib
 
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import factored_seeds, project_factored
+from fasttda.ops.project_quantized import QuantizedRows, project_quantized
 from fasttda.ops.quantize import dequantize, quantize
 
 _LAZY = {
-    "project_quantized": "fasttda.ops.project_quantized:project_quantized",
     "score_topk": "fasttda.ops.score:score_topk",
     "score_dense": "fasttda.ops.score:score_dense",
 }
 
-__all__ = sorted(["dequantize", "factored_seeds", "project", "project_factored", "projection_matrix", "quantize",
-                  *_LAZY])
+__all__ = sorted(["QuantizedRows", "dequantize", "factored_seeds", "project", "project_factored",
+                  "project_quantized", "projection_matrix", "quantize", *_LAZY])
 
 
 def __getattr__(name: str):
