@@ -4,8 +4,8 @@
 * `create_store` / `open_store`: ``fasttda.FeatureStore``.
 * `score` / `fit_preconditioner`: ``fasttda.score`` and ``fasttda.precondition.fit``.
 
-While a room has not landed, the matching function in `fasttda.methods._fallback` stands
-in (TEMPORARY: exact per-example gradients in a loop, a plain float32 file, a dense matmul).
+While scoring has not landed, `fasttda.methods._fallback` stands in for it (TEMPORARY: a
+dense float64 matmul and torch.topk).
 """
 from __future__ import annotations
 
@@ -32,22 +32,13 @@ def _has(module: str, attr: str | None = None) -> bool:
         return False
 
 
-def have_capture() -> bool:
-    return _has("fasttda.capture", "GradientCapture") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
-
-
-def have_store() -> bool:
-    return _has("fasttda.store", "FeatureStore") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
-
-
 def have_scoring() -> bool:
     return _has("fasttda.scoring", "score") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
 
 
 def implementation() -> dict[str, str]:
     """Which implementation each room uses (recorded in reports)."""
-    return {"capture": "GradientCapture" if have_capture() else "fallback (per-example loop)",
-            "store": "FeatureStore" if have_store() else "fallback (float32 file)",
+    return {"capture": "GradientCapture", "store": "FeatureStore",
             "scoring": "fasttda.score" if have_scoring() else "fallback (dense matmul)"}
 
 
@@ -57,41 +48,33 @@ def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequ
             lora_only: bool = False) -> Iterator:
     """Yield an object whose ``features(input_ids=, attention_mask=, labels=)`` returns
     ``[B, dim]`` float32 projected per-example gradients of the mean response loss."""
-    if have_capture():
-        from fasttda.capture import Dense, Factored, GradientCapture
+    from fasttda.capture import Dense, Factored, GradientCapture
 
-        if projection.kind == "factored":
-            proj = Factored(projection.k_in, projection.k_out)
-        elif projection.kind == "none":
-            proj = None
-        else:
-            proj = Dense(projection.dim, kind=projection.kind)
-        with warnings.catch_warnings():
-            # transformers 5 deprecates the attribute capture reads; not the user's concern
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
-                                 lora_only=lora_only) as cap:
-                yield cap
+    if projection.kind == "factored":
+        proj = Factored(projection.k_in, projection.k_out)
+    elif projection.kind == "none":
+        proj = None
     else:
-        with _fallback.LoopCapture(model, projection=projection, modules=modules, lora_only=lora_only) as cap:
+        proj = Dense(projection.dim, kind=projection.kind)
+    with warnings.catch_warnings():
+        # transformers 5 deprecates the attribute capture reads; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
+                             lora_only=lora_only) as cap:
             yield cap
 
 
 # -- stores ------------------------------------------------------------------------------------
 def create_store(path, dim: int, fmt: str, meta: dict):
-    if have_store():
-        from fasttda.store import FeatureStore
+    from fasttda.store import FeatureStore
 
-        return FeatureStore.create(path, dim, fmt, meta=meta)
-    return _fallback.FileStore.create(path, dim, fmt, meta=meta)
+    return FeatureStore.create(path, dim, fmt, meta=meta)
 
 
 def open_store(path, mode: str = "r"):
-    if have_store():
-        from fasttda.store import FeatureStore
+    from fasttda.store import FeatureStore
 
-        return FeatureStore.open(path, mode=mode)
-    return _fallback.FileStore.open(path, mode=mode)
+    return FeatureStore.open(path, mode=mode)
 
 
 def store_meta(store) -> dict:
