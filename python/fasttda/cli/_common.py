@@ -53,9 +53,18 @@ def capture_options(fn):
         click.option("--max-length", default=512, show_default=True, type=click.IntRange(min=2),
                      help="Tokens per example; longer prompts lose their start (with a warning)."),
         click.option("--device", default="cpu", show_default=True, help="Torch device to run the model on."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads,
+                     expose_value=False, help="CPU threads for torch (default: torch's choice; 1 suits tiny models)."),
     ]):
         fn = option(fn)
     return fn
+
+
+def _set_threads(ctx, param, value):
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
 
 
 def projection_options(fn):
