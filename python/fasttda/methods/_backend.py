@@ -65,10 +65,13 @@ def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequ
 
 
 # -- stores ------------------------------------------------------------------------------------
-def create_store(path, dim: int, fmt: str, meta: dict):
+def create_store(path, dim: int, fmt: str, meta: dict, *, spec: dict | None = None,
+                 fingerprint: dict | None = None):
+    """``spec`` is what makes rows comparable (stores combine only when specs agree);
+    ``fingerprint`` (``{"name", "sha256"}``) names the weights behind the rows."""
     from fasttda.store import FeatureStore
 
-    return FeatureStore.create(path, dim, fmt, meta=meta)
+    return FeatureStore.create(path, dim, fmt, meta=meta, spec=spec, fingerprint=fingerprint)
 
 
 def open_store(path, mode: str = "r"):

@@ -138,7 +138,10 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
         start = len(store)
     else:
         dim = _feature_dim(checkpoint, examples, config)
-        store = _backend.create_store(out, dim, fmt, meta)
+        spec = dict(config.projection.to_dict(), out_dim=dim, modules=config.modules, max_length=config.max_length,
+                    lora_only=checkpoint.is_lora)
+        store = _backend.create_store(out, dim, fmt, meta, spec=spec,
+                                      fingerprint={"name": str(checkpoint.path), "sha256": meta["model"]})
         start = 0
     with store:
         for row, feats in _features(checkpoint, examples, config, start=start, progress=progress,
