@@ -24,7 +24,7 @@ import triton.language as tl
 import torch
 
 from fasttda._dispatch import triton_interpreted
-from fasttda.ops.score import chunk_rows, merge_topk, pack_keys, unpack_keys
+from fasttda.ops.score import chunk_rows, chunk_topk_keys, merge_topk, unpack_keys
 
 FMT_CODES = {"fp32": 0, "bf16": 0, "fp16": 0, "int8": 0, "fp8_e4m3": 1, "int4": 2}
 MAX_KERNEL_K = 256
@@ -181,7 +181,7 @@ def launch_score_topk(queries, rows, factors, fmts, k):
             hi = min(n_rows, lo + step)
             scores = buffer[:, :hi - lo]
             _dense(queries, rows, factors, fmts, scores, lo, hi)
-            best = merge_topk(best, torch.topk(pack_keys(scores, lo), min(k, hi - lo), dim=1).values, k)
+            best = merge_topk(best, chunk_topk_keys(scores, lo, k), k)
         return unpack_keys(best)
     k_pad = max(16, triton.next_power_of_2(k))  # tl.dot needs tiles of 16+ rows
     plan = _plan(n_q, n_rows, dim, k_pad, device)

@@ -259,19 +259,26 @@ def dequantized_norms(rows, fmt, dim, scale) -> torch.Tensor:
 
 
 def check_finite_scores(values: torch.Tensor, first_row: int = 0) -> None:
-    if values.numel() and not torch.isfinite(values).all():
-        raise ValueError(
-            "scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), or the dot "
-            f"products overflow float32 (near rows from {first_row}); rescale the features")
+    # One summing pass (cheap next to the matmul) rules out NaN/inf; only then look closer.
+    if values.numel() and not math.isfinite(values.sum().item()):
+        if not torch.isfinite(values).all():
+            raise ValueError(
+                "scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), or the dot "
+                f"products overflow float32 (rows from {first_row}); rescale the features")
 
 
 # -- keys: one int64 per (score, row) that sorts as "higher score, then lower row" -------------
 def pack_keys(scores: torch.Tensor, first_row: int) -> torch.Tensor:
     """int64 keys of float32 ``scores [Q, n]`` for rows ``first_row + j``: larger key = better."""
+    index = torch.arange(first_row, first_row + scores.shape[1], device=scores.device, dtype=torch.int64)
+    return pack_keys_at(scores, index)
+
+
+def pack_keys_at(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """int64 keys of float32 ``scores`` for row indices ``rows`` (broadcastable, < 2**32)."""
     bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
     ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
-    index = torch.arange(first_row, first_row + scores.shape[1], device=scores.device, dtype=torch.int64)
-    return (ordered << 32) | (0xFFFFFFFF - index)
+    return (ordered << 32) | (0xFFFFFFFF - rows)
 
 
 def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,6 +292,23 @@ def merge_topk(best: torch.Tensor | None, keys: torch.Tensor, k: int) -> torch.T
     if best is not None:
         keys = torch.cat((best, keys), dim=1)
     return torch.topk(keys, min(k, keys.shape[1]), dim=1).values
+
+
+def chunk_topk_keys(scores: torch.Tensor, first_row: int, k: int) -> torch.Tensor:
+    """Keys of the k best entries of float32 ``scores [Q, n]`` (rows ``first_row + j``).
+
+    A float topk finds the candidates; only the k winners are packed into keys, unless a
+    query has ties at its k-th value, whose whole row is then packed (ties must go to the
+    lower index, which torch.topk does not promise).
+    """
+    k = min(k, scores.shape[1])
+    top = torch.topk(scores, k, dim=1)
+    at_least_kth = (scores >= top.values[:, -1:]).sum(dim=1)
+    keys = pack_keys_at(top.values, top.indices + first_row)
+    tied = (at_least_kth > k).nonzero().flatten()
+    if tied.numel():
+        keys[tied] = torch.topk(pack_keys(scores[tied], first_row), k, dim=1).values
+    return torch.sort(keys, dim=1, descending=True).values
 
 
 # -- reference ------------------------------------------------------------------------------
@@ -329,7 +353,7 @@ def score_topk_reference(queries, rows, factors, fmts, k):
         hi = min(n_rows, lo + step)
         scores = chunk_scores(queries, rows, factors, fmts, lo, hi, buffer[:, :hi - lo])
         check_finite_scores(scores, lo)
-        best = merge_topk(best, torch.topk(pack_keys(scores, lo), min(k, hi - lo), dim=1).values, k)
+        best = merge_topk(best, chunk_topk_keys(scores, lo, k), k)
     return unpack_keys(best)
 
 
