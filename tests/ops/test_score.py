@@ -274,3 +274,60 @@ def test_triton_sort_network_merge(gen, monkeypatch):
     queries, rows = to_device(*integer_case(gen, n=70, q=3))
     ref = score_topk(queries, rows, k=5, backend="reference")
     assert_equal_results(score_topk(queries, rows, k=5, backend="triton"), ref)
+
+
+# -- C++ CPU kernel -------------------------------------------------------------------------
+def cpp_or_skip():
+    from fasttda import _extension
+    from fasttda._dispatch import BackendUnavailable
+
+    try:
+        _extension.load("cpu")
+    except BackendUnavailable as exc:
+        pytest.skip(f"C++ CPU extension unavailable: {exc}")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cpp_equals_reference(gen, fmt):
+    cpp_or_skip()
+    q = torch.randn(6, 45, generator=gen)
+    base = torch.randn(700, 47, generator=gen)
+    data, scale, norms = make_store(base[:, :45], fmt)
+    if fmt == "fp32":
+        data = base[:, :45]  # strided rows
+    for normalize in (False, True):
+        kwargs = dict(k=13, scales=scale, norms=norms, normalize=normalize, fmt=fmt)
+        assert_same_ranking(score_topk(q, data, backend="cpp", **kwargs),
+                            score_topk(q, data, backend="reference", **kwargs))
+    torch.testing.assert_close(score_dense(q, data, scales=scale, fmt=fmt, backend="cpp"),
+                               score_dense(q, data, scales=scale, fmt=fmt, backend="reference"), atol=ATOL, rtol=1e-5)
+
+
+def test_cpp_multi_store_ties_and_chunks(gen):
+    cpp_or_skip()
+    queries, rows = integer_case(gen, n=400)
+    half = rows[:, :6].to(torch.bfloat16)
+    args = ([queries, queries[:, :6]], [rows, half])
+    kwargs = dict(k=60, weights=[1.0, -1.0])
+    expected = oracle_topk(queries.double() @ rows.double().T - queries[:, :6].double() @ half.double().T, 60)
+    assert_equal_results(score_topk(*args, backend="cpp", **kwargs), expected)
+    assert_equal_results(score_topk(*args, backend="reference", **kwargs), expected)
+
+
+def test_cpp_rejects_non_finite_rows(gen):
+    cpp_or_skip()
+    x = torch.randn(50, 8, generator=gen)
+    x[7, 2] = float("nan")
+    with pytest.raises(ValueError, match="scores are not finite"):
+        score_topk(torch.randn(2, 8, generator=gen), x, k=3, backend="cpp")
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+def test_many_queries_span_several_chunks(gen, backend):
+    """Q = 2048 makes a 32 MiB score buffer hold 4096 rows: 5000 rows take two chunks."""
+    if backend == "cpp":
+        cpp_or_skip()
+    queries, rows = integer_case(gen, n=5000, d=6, q=2048)
+    assert score_mod.chunk_rows(2048, 6) < 5000
+    assert_equal_results(score_topk(queries, rows, k=7, backend=backend),
+                         oracle_topk(queries.double() @ rows.double().T, 7))

@@ -366,5 +366,7 @@ def score_dense_reference(queries, rows, factors, fmts, out):
     return out
 
 
-SCORE_TOPK = Op("score_topk", reference=score_topk_reference, triton="fasttda.kernels.score:launch_score_topk")
-SCORE_DENSE = Op("score_dense", reference=score_dense_reference, triton="fasttda.kernels.score:launch_score_dense")
+SCORE_TOPK = Op("score_topk", reference=score_topk_reference, triton="fasttda.kernels.score:launch_score_topk",
+                cpp="score_topk")
+SCORE_DENSE = Op("score_dense", reference=score_dense_reference, triton="fasttda.kernels.score:launch_score_dense",
+                 cpp="score_dense")
