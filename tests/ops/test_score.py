@@ -327,7 +327,7 @@ def test_many_queries_span_several_chunks(gen, backend):
     """Q = 2048 makes a 32 MiB score buffer hold 4096 rows: 5000 rows take two chunks."""
     if backend == "cpp":
         cpp_or_skip()
-    queries, rows = integer_case(gen, n=5000, d=6, q=2048)
-    assert score_mod.chunk_rows(2048, 6) < 5000
+    queries, rows = integer_case(gen, n=5000, d=128, q=2048)
+    assert score_mod.chunk_rows(2048, 128) == 4096
     assert_equal_results(score_topk(queries, rows, k=7, backend=backend),
                          oracle_topk(queries.double() @ rows.double().T, 7))
