@@ -176,3 +176,26 @@ def test_peak_memory_is_bounded_by_chunk_not_store(gen, monkeypatch):
     assert result.values.shape == (8, 50) and result.indices.max() >= n // 2
     print(f"peak RSS growth {grown_mib:.1f} MiB for a {store_mib:.0f} MiB store")
     assert grown_mib < 48, f"peak RSS grew {grown_mib:.0f} MiB scoring a {store_mib:.0f} MiB store in 1 MiB chunks"
+
+
+def test_real_feature_stores(gen, tmp_path):
+    """Two committed FeatureStores on disk (shards smaller than a chunk, string ids)."""
+    store_mod = pytest.importorskip("fasttda.store")
+    if not hasattr(store_mod, "FeatureStore"):
+        pytest.skip("fasttda.store.FeatureStore has not landed")
+    ids = [f"ex{i}" for i in range(250)]
+    xs = [torch.randn(250, 20, generator=gen), torch.randn(250, 20, generator=gen)]
+    for name, x, fmt in (("a", xs[0], "int8"), ("b", xs[1], "int4")):
+        with store_mod.FeatureStore.create(tmp_path / name, 20, fmt, shard_rows=90) as writer:
+            writer.append(x, ids=ids)
+            writer.commit()
+    stores = [store_mod.FeatureStore.open(tmp_path / n) for n in ("a", "b")]
+    qs = [torch.randn(3, 20, generator=gen) for _ in stores]
+    kw = dict(weights=[1.0, -0.5], normalize=True)
+    result = fasttda.score(qs, stores, k=15, chunk_rows=64, **kw)
+    parts = [list(s.iter_chunks(1000)) for s in stores]
+    data = [torch.cat([c.data for c in p]) for p in parts]
+    values, indices = score_topk(qs, data, k=15, scales=[torch.cat([c.scale for c in p]) for p in parts],
+                                 norms=[torch.cat([c.norms for c in p]) for p in parts], fmt=["int8", "int4"], **kw)
+    assert torch.equal(result.values, values) and torch.equal(result.indices, indices)
+    assert result.ids.tolist() == [[ids[i] for i in row] for row in indices.tolist()]
