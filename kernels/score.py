@@ -37,15 +37,16 @@ SORT_NETWORK_IN_INTERPRETER = False
 @triton.jit
 def _load_rows_t(rows_ptr, row_stride, offs_n, offs_d, mask, FMT: tl.constexpr):
     """A ``[BLOCK_D, BLOCK_N]`` tile of rows (transposed), as unscaled float32."""
+    row_offsets = offs_n.to(tl.int64)[None, :] * row_stride  # N × stride may pass 2**31
     if FMT == 2:  # int4: column d is nibble d % 2 of byte d // 2, stored as q + 8
-        ptrs = rows_ptr + offs_n[None, :] * row_stride + (offs_d[:, None] // 2)
+        ptrs = rows_ptr + row_offsets + (offs_d[:, None] // 2)
         byte = tl.load(ptrs, mask=mask, other=0).to(tl.int32)
         vals = ((byte >> ((offs_d[:, None] & 1) * 4)) & 0xF).to(tl.float32) - 8.0
     elif FMT == 1:  # fp8 has no 0 to pad with in every Triton version: mask afterwards
-        ptrs = rows_ptr + offs_n[None, :] * row_stride + offs_d[:, None]
+        ptrs = rows_ptr + row_offsets + offs_d[:, None]
         vals = tl.load(ptrs, mask=mask).to(tl.float32)
     else:
-        ptrs = rows_ptr + offs_n[None, :] * row_stride + offs_d[:, None]
+        ptrs = rows_ptr + row_offsets + offs_d[:, None]
         vals = tl.load(ptrs, mask=mask, other=0).to(tl.float32)
     return tl.where(mask, vals, 0.0)
 
@@ -116,11 +117,11 @@ def _score_kernel(
                 else:
                     best = _merge_by_extraction(best, keys, K_PAD)
         else:
-            ptrs = out_ptr + offs_q[:, None] * out_stride + offs_n[None, :]
+            ptrs = out_ptr + offs_q.to(tl.int64)[:, None] * out_stride + offs_n[None, :]
             tl.store(ptrs, acc, mask=q_mask[:, None] & n_mask[None, :])
     if TOPK:
         offs_k = tl.arange(0, K_PAD)
-        ptrs = out_ptr + offs_q[:, None] * out_stride + pid_s * K_PAD + offs_k[None, :]
+        ptrs = out_ptr + offs_q.to(tl.int64)[:, None] * out_stride + pid_s * K_PAD + offs_k[None, :]
         tl.store(ptrs, best, mask=q_mask[:, None])
 
 

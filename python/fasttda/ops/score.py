@@ -15,6 +15,11 @@ Ordering is total and identical across backends: higher score first, equal score
 lower row index (`pack_keys` turns each (score, index) into one int64 whose order is
 exactly that). ``-0.0`` counts as ``0.0``.
 
+Backends: ``reference`` (below; the CPU fallback and the oracle), ``cpp`` (csrc/cpu/score.cpp:
+the same algorithm with hand-written row conversion, picked by ``auto`` on CPU tensors
+when it builds), ``triton`` (kernels/score.py: dequantization in the load stage, running
+top-k in registers, the score matrix never materialized).
+
 Memory: the reference never holds more than one chunk of scores (``Q × chunk`` float32,
 at most ``SCORE_BUFFER_BYTES``) plus one block of dequantized rows (``BLOCK_BYTES``),
 whatever N is; int8/fp8/int4/bf16/fp16 rows are converted to float32 in those small,
@@ -58,7 +63,8 @@ def score_topk(queries, rows, *, k: int, scales=None, norms=None, weights=None, 
             ``"fp8_e4m3"`` stored as raw bytes). A list for C stores.
         backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cpp"``.
 
-    Rows come back best first; equal scores in increasing row index, on every backend.
+    Raises ValueError for non-finite queries, and when scores come out non-finite (NaN/inf
+    rows or scales, or float32 overflow). Rows come back best first; equal scores in increasing row index, on every backend.
     """
     _check_k(k)
     terms = prepare_terms(queries, rows, scales=scales, norms=norms, weights=weights, normalize=normalize, fmt=fmt)
