@@ -177,6 +177,11 @@ def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, norma
     scales_list = _as_list(scales, count, "scales")
     norms_list = _as_list(norms, count, "norms")
     fmt_list = _as_list(fmt, count, "fmt")
+    for c in range(count):
+        tag = f"[{c}]" if multi else ""
+        for name, t in ((f"queries{tag}", queries_list[c]), (f"rows{tag}", rows_list[c])):
+            if not isinstance(t, torch.Tensor) or t.dim() != 2:
+                raise ValueError(f"{name} must be a 2-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
     device = common_device(*queries_list, *rows_list, names=tuple(
         [f"queries[{c}]" for c in range(count)] + [f"rows[{c}]" for c in range(count)]))
 
@@ -185,9 +190,6 @@ def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, norma
     for c in range(count):
         tag = f"[{c}]" if multi else ""
         q, r = queries_list[c], rows_list[c]
-        for name, t in ((f"queries{tag}", q), (f"rows{tag}", r)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 2:
-                raise ValueError(f"{name} must be a 2-D tensor, got {getattr(t, 'shape', type(t).__name__)}")
         if q.dtype not in QUERY_DTYPES:
             raise TypeError(f"queries{tag} must be a float tensor, got {q.dtype}")
         if n_q is None:
