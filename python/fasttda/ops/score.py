@@ -337,8 +337,13 @@ def as_float(block: torch.Tensor, fmt: str, dim: int) -> torch.Tensor:
 def chunk_scores(queries, rows, factors, fmts, lo: int, hi: int, out: torch.Tensor) -> torch.Tensor:
     """Scores of rows ``[lo, hi)`` into ``out [Q, hi - lo]``, a block of rows at a time."""
     for c, (q, r, factor, fmt) in enumerate(zip(queries, rows, factors, fmts)):
+        if c == 0 and fmt == "fp32" and out.is_contiguous():  # no conversion: one matmul into out
+            torch.mm(q, r[lo:hi].T, out=out)
+            if factor is not None:
+                out *= factor[lo:hi]
+            continue
         dim = q.shape[1]
-        step = hi - lo if fmt == "fp32" else block_rows(dim)  # fp32 rows need no conversion
+        step = hi - lo if fmt == "fp32" else block_rows(dim)
         for b in range(lo, hi, step):
             e = min(hi, b + step)
             part = q @ as_float(r[b:e], fmt, dim).T
@@ -355,11 +360,11 @@ def chunk_scores(queries, rows, factors, fmts, lo: int, hi: int, out: torch.Tens
 def score_topk_reference(queries, rows, factors, fmts, k):
     n_rows, n_q = rows[0].shape[0], queries[0].shape[0]
     step = chunk_rows(n_q, max(q.shape[1] for q in queries))
-    buffer = torch.empty(n_q, min(step, n_rows), dtype=torch.float32, device=queries[0].device)
+    buffer = torch.empty(n_q * min(step, n_rows), dtype=torch.float32, device=queries[0].device)
     best = None
     for lo in range(0, n_rows, step):
         hi = min(n_rows, lo + step)
-        scores = chunk_scores(queries, rows, factors, fmts, lo, hi, buffer[:, :hi - lo])
+        scores = chunk_scores(queries, rows, factors, fmts, lo, hi, buffer[:n_q * (hi - lo)].view(n_q, hi - lo))
         check_finite_scores(scores, lo)
         best = merge_topk(best, chunk_topk_keys(scores, lo, k), k)
     return unpack_keys(best)
