@@ -1,4 +1,4 @@
-"""fasttda.score: streaming over stores equals one op call over all rows; ids; bounded memory."""
+"""fasttda.score on FeatureStores: streaming equals one op call over all rows; ids; bounded memory."""
 import gc
 import os
 from dataclasses import dataclass
@@ -11,6 +11,7 @@ import fasttda
 from fasttda.ops.quantize import quantize
 from fasttda.ops.score import score_topk
 from fasttda.precondition import diagonal
+from fasttda.store import FeatureStore
 
 
 @dataclass
@@ -23,52 +24,44 @@ class FakeChunk:
     ids: object
 
 
-class FakeStore:
-    """The agreed iter_chunks contract, in memory, with shards that chunks never cross."""
+def make_store(path, x, fmt, shard_rows=None, ids=None):
+    """A committed FeatureStore of rows ``x`` at ``path``, reopened read-only."""
+    with FeatureStore.create(path, x.shape[1], fmt, shard_rows=shard_rows) as writer:
+        writer.append(x, ids=ids)
+        writer.commit()
+    return FeatureStore.open(path)
 
-    def __init__(self, x, fmt, shard_rows=None, ids=None):
-        self.fmt, self.dim = fmt, x.shape[1]
-        self.data, self.scale = quantize(x, fmt)
-        self.norms = x.norm(dim=1)
-        self.shard_rows = shard_rows or x.shape[0]
-        self.row_ids = ids
 
-    def __len__(self):
-        return self.data.shape[0]
-
-    def iter_chunks(self, rows, start=0, stop=None):
-        stop = len(self) if stop is None else stop
-        lo = start
-        while lo < stop:
-            hi = min(lo + rows, stop, (lo // self.shard_rows + 1) * self.shard_rows)
-            ids = None if self.row_ids is None else self.row_ids[lo:hi]
-            scale = None if self.scale is None else self.scale[lo:hi]
-            yield FakeChunk(lo, self.data[lo:hi], scale, self.norms[lo:hi], self.fmt, ids)
-            lo = hi
+def stored(store):
+    """The store's rows as the op takes them: (data, scale, norms, fmt), whole."""
+    chunks = list(store.iter_chunks(len(store)))
+    scale = None if chunks[0].scale is None else torch.cat([c.scale for c in chunks])
+    return torch.cat([c.data for c in chunks]), scale, torch.cat([c.norms for c in chunks]), store.fmt
 
 
 def one_call(queries, stores, k, **kw):
     multi = isinstance(stores, list)
-    pick = (lambda f: [f(s) for s in stores]) if multi else (lambda f: f(stores))
-    return score_topk(queries, pick(lambda s: s.data), k=k, scales=pick(lambda s: s.scale),
-                      norms=pick(lambda s: s.norms), fmt=pick(lambda s: s.fmt), **kw)
+    parts = [stored(s) for s in stores] if multi else [stored(stores)]
+    pick = (lambda i: [p[i] for p in parts]) if multi else (lambda i: parts[0][i])
+    return score_topk(queries, pick(0), k=k, scales=pick(1), norms=pick(2), fmt=pick(3), **kw)
 
 
 @pytest.mark.parametrize("fmt", ["fp32", "int8", "int4"])
-def test_streaming_equals_one_op_call(gen, fmt):
-    store = FakeStore(torch.randn(500, 33, generator=gen), fmt, shard_rows=170)
+def test_streaming_equals_one_op_call(gen, fmt, tmp_path):
+    store = make_store(tmp_path / "s", torch.randn(500, 33, generator=gen), fmt, shard_rows=170)
     q = torch.randn(4, 33, generator=gen)
     result = fasttda.score(q, store, k=30, chunk_rows=64)
     values, indices = one_call(q, store, 30)
     assert torch.equal(result.values, values) and torch.equal(result.indices, indices)
-    assert np.array_equal(result.ids, indices.numpy())  # no ids: row positions
+    assert np.array_equal(result.ids, indices.numpy())  # no ids given: running row indices
 
 
-def test_multi_store_with_misaligned_shards_and_string_ids(gen):
+def test_multi_store_with_misaligned_shards_and_string_ids(gen, tmp_path):
     ids = [f"doc-{i}" for i in range(300)]
-    xs = [torch.randn(300, d, generator=gen) for d in (16, 24, 16)]
-    stores = [FakeStore(xs[0], "int8", 100, ids), FakeStore(xs[1], "bf16", 70, ids), FakeStore(xs[2], "fp8_e4m3", 128, ids)]
-    qs = [torch.randn(3, s.dim, generator=gen) for s in stores]
+    layout = (("int8", 100), ("bf16", 70), ("fp8_e4m3", 128))  # shard ends differ between stores
+    stores = [make_store(tmp_path / f, torch.randn(300, 16, generator=gen) * (c + 1), f, rows, ids)
+              for c, (f, rows) in enumerate(layout)]
+    qs = [torch.randn(3, 16, generator=gen) for _ in stores]
     kw = dict(weights=[0.5, 0.5, -1.0], normalize=True)
     result = fasttda.score(qs, stores, k=12, chunk_rows=50, **kw)
     values, indices = one_call(qs, stores, 12, **kw)
@@ -76,10 +69,10 @@ def test_multi_store_with_misaligned_shards_and_string_ids(gen):
     assert result.ids.tolist() == [[ids[i] for i in row] for row in indices.tolist()]
 
 
-def test_integer_ids_ties_and_k_beyond_n(gen):
+def test_integer_ids_ties_and_k_beyond_n(gen, tmp_path):
     x = torch.randint(-2, 3, (90, 8), generator=gen).float()
     x[45:] = x[:45]  # every row tied with another one 45 rows later
-    store = FakeStore(x, "fp32", 32, ids=np.arange(1000, 1090))
+    store = make_store(tmp_path / "s", x, "fp32", 32, ids=list(range(1000, 1090)))
     q = torch.randint(-2, 3, (2, 8), generator=gen).float()
     result = fasttda.score(q, store, k=500, chunk_rows=20)
     ref_values, ref_indices = torch.sort(q.double() @ x.double().T, dim=1, descending=True, stable=True)
@@ -87,9 +80,9 @@ def test_integer_ids_ties_and_k_beyond_n(gen):
     assert np.array_equal(result.ids, ref_indices.numpy() + 1000)
 
 
-def test_preconditioner_applies_to_queries(gen):
+def test_preconditioner_applies_to_queries(gen, tmp_path):
     x = torch.randn(120, 10, generator=gen)
-    store = FakeStore(x, "fp32")
+    store = make_store(tmp_path / "s", x, "fp32")
     q = torch.randn(3, 10, generator=gen)
     h = torch.rand(10, generator=gen) + 0.5
     result = fasttda.score(q, store, k=5, preconditioner=diagonal(h))
@@ -100,15 +93,15 @@ def test_preconditioner_applies_to_queries(gen):
     assert torch.equal(fasttda.score(q, store, k=5, preconditioner=full).indices, indices)
 
 
-def test_bad_arguments(gen):
-    store = FakeStore(torch.randn(10, 6, generator=gen), "fp32")
+def test_bad_arguments(gen, tmp_path):
+    store = make_store(tmp_path / "a", torch.randn(10, 6, generator=gen), "fp32")
     q = torch.randn(2, 6, generator=gen)
     with pytest.raises(ValueError, match=r"must be \[Q, 6\]"):
         fasttda.score(torch.randn(2, 5), store, k=3)
     with pytest.raises(TypeError, match="both be single or both be lists"):
         fasttda.score([q], store, k=3)
-    with pytest.raises(ValueError, match="same rows"):
-        fasttda.score([q, q], [store, FakeStore(torch.randn(11, 6), "fp32")], k=3)
+    with pytest.raises(ValueError, match="row count differs"):
+        fasttda.score([q, q], [store, make_store(tmp_path / "b", torch.randn(11, 6), "fp32")], k=3)
     with pytest.raises(ValueError, match="k must be >= 1"):
         fasttda.score(q, store, k=0)
     with pytest.raises(ValueError, match="chunk_rows"):
@@ -176,26 +169,3 @@ def test_peak_memory_is_bounded_by_chunk_not_store(gen, monkeypatch):
     assert result.values.shape == (8, 50) and result.indices.max() >= n // 2
     print(f"peak RSS growth {grown_mib:.1f} MiB for a {store_mib:.0f} MiB store")
     assert grown_mib < 48, f"peak RSS grew {grown_mib:.0f} MiB scoring a {store_mib:.0f} MiB store in 1 MiB chunks"
-
-
-def test_real_feature_stores(gen, tmp_path):
-    """Two committed FeatureStores on disk (shards smaller than a chunk, string ids)."""
-    store_mod = pytest.importorskip("fasttda.store")
-    if not hasattr(store_mod, "FeatureStore"):
-        pytest.skip("fasttda.store.FeatureStore has not landed")
-    ids = [f"ex{i}" for i in range(250)]
-    xs = [torch.randn(250, 20, generator=gen), torch.randn(250, 20, generator=gen)]
-    for name, x, fmt in (("a", xs[0], "int8"), ("b", xs[1], "int4")):
-        with store_mod.FeatureStore.create(tmp_path / name, 20, fmt, shard_rows=90) as writer:
-            writer.append(x, ids=ids)
-            writer.commit()
-    stores = [store_mod.FeatureStore.open(tmp_path / n) for n in ("a", "b")]
-    qs = [torch.randn(3, 20, generator=gen) for _ in stores]
-    kw = dict(weights=[1.0, -0.5], normalize=True)
-    result = fasttda.score(qs, stores, k=15, chunk_rows=64, **kw)
-    parts = [list(s.iter_chunks(1000)) for s in stores]
-    data = [torch.cat([c.data for c in p]) for p in parts]
-    values, indices = score_topk(qs, data, k=15, scales=[torch.cat([c.scale for c in p]) for p in parts],
-                                 norms=[torch.cat([c.norms for c in p]) for p in parts], fmt=["int8", "int4"], **kw)
-    assert torch.equal(result.values, values) and torch.equal(result.indices, indices)
-    assert result.ids.tolist() == [[ids[i] for i in row] for row in indices.tolist()]
