@@ -331,3 +331,18 @@ def test_many_queries_span_several_chunks(gen, backend):
     assert score_mod.chunk_rows(2048, 128) == 4096
     assert_equal_results(score_topk(queries, rows, k=7, backend=backend),
                          oracle_topk(queries.double() @ rows.double().T, 7))
+
+
+@needs_triton
+def test_triton_many_row_slices_merge_on_host(gen, monkeypatch):
+    """On a GPU the rows are split over many programs whose top-k are merged on the host;
+    the interpreter runs one slice unless told otherwise."""
+    from fasttda.kernels import score as kernel
+
+    monkeypatch.setattr(kernel, "_programs_target", lambda device: 6)
+    queries, rows = to_device(*integer_case(gen, n=300, q=20))  # Q=20: a 32-query block, padded
+    assert kernel._plan(20, 300, 12, 16, rows.device)[2] == 5  # 5 slices of 64 rows
+    ref = score_topk(queries, rows, k=10, backend="reference")
+    assert_equal_results(score_topk(queries, rows, k=10, backend="triton"), ref)
+    x = to_device(torch.randn(300, 12, generator=gen))[0]
+    assert_same_ranking(score_topk(queries, x, k=10, backend="triton"), score_topk(queries, x, k=10, backend="reference"))
