@@ -3,43 +3,21 @@
 * `capture`: per-example projected gradients (``fasttda.GradientCapture``).
 * `create_store` / `open_store`: ``fasttda.FeatureStore``.
 * `score` / `fit_preconditioner`: ``fasttda.score`` and ``fasttda.precondition.fit``.
-
-While scoring has not landed, `fasttda.methods._fallback` stands in for it (TEMPORARY: a
-dense float64 matmul and torch.topk).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
 import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
 
-from fasttda.methods import _fallback
 from fasttda.methods._checkpoints import ProjectionSpec
-
-
-def _has(module: str, attr: str | None = None) -> bool:
-    try:
-        if importlib.util.find_spec(module) is None:
-            return False
-        if attr is None:
-            return True
-        return hasattr(importlib.import_module(module), attr)
-    except ImportError:
-        return False
-
-
-def have_scoring() -> bool:
-    return _has("fasttda.scoring", "score") and os.environ.get("FASTTDA_DDA_FALLBACK") != "1"
 
 
 def implementation() -> dict[str, str]:
     """Which implementation each room uses (recorded in reports)."""
-    return {"capture": "GradientCapture", "store": "FeatureStore",
-            "scoring": "fasttda.score" if have_scoring() else "fallback (dense matmul)"}
+    return {"capture": "GradientCapture", "store": "FeatureStore", "scoring": "fasttda.score"}
 
 
 # -- capture ---------------------------------------------------------------------------------
@@ -81,44 +59,31 @@ def open_store(path, mode: str = "r"):
 
 
 def store_meta(store) -> dict:
-    meta = getattr(store, "meta", None)
-    if callable(meta):
-        meta = meta()
-    if meta is None and hasattr(store, "manifest"):
-        manifest = store.manifest
-        meta = manifest.get("meta") if isinstance(manifest, dict) else getattr(manifest, "meta", None)
-    return dict(meta or {})
+    return dict(store.meta or {})
 
 
 # -- scoring ----------------------------------------------------------------------------------
 def score(queries: Sequence[torch.Tensor], stores: Sequence, *, k: int, weights: Sequence[float],
           normalize: bool, preconditioner=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``Σ_c w_c <q_c, r_c[n]>`` over the rows n shared by the stores."""
-    if have_scoring():
-        from fasttda.scoring import score as fast_score
+    """Top-k of ``Σ_c w_c <q_c, r_c[n]>`` over the rows n shared by the stores, in one pass."""
+    from fasttda.scoring import score as fast_score
 
-        result = fast_score(list(queries), list(stores), k=k, weights=list(weights), normalize=normalize,
-                            preconditioner=preconditioner)
-        return result[0], result[1]
-    return _fallback.score(queries, stores, k=k, weights=weights, normalize=normalize,
-                           preconditioner=preconditioner)
+    result = fast_score(list(queries), list(stores), k=k, weights=list(weights), normalize=normalize,
+                        preconditioner=preconditioner)
+    return result.values, result.indices
 
 
 def fit_preconditioner(store, damping: float):
     """``(GᵀG/N + λI)⁻¹`` with λ = ``damping`` times the mean of GᵀG/N's diagonal, so
     one damping suits features of any scale."""
-    if have_scoring() and _has("fasttda.precondition", "fit"):
-        from fasttda.precondition import fit
+    from fasttda.precondition import fit
 
-        norms = store.norms(0, len(store)).double() if hasattr(store, "norms") else \
-            store.read(0, len(store)).double().norm(dim=1)
-        mean_diag = float((norms ** 2).mean()) / store.dim
-        return fit(store, damping * max(mean_diag, 1e-30))
-    return _fallback.fit_preconditioner(store, damping)
+    norms = store.norms(0, len(store)).double()
+    mean_diag = float((norms ** 2).mean()) / store.dim
+    return fit(store, damping * max(mean_diag, 1e-30))
 
 
 def store_ids(store) -> list[str]:
     """Row ids as written by ``append(..., ids=)`` (row numbers when none were)."""
-    ids = getattr(store, "ids", None)
-    ids = ids() if callable(ids) else ids
+    ids = store.ids()
     return [str(i) for i in ids] if ids is not None else [str(i) for i in range(len(store))]
