@@ -104,6 +104,37 @@ class _RssSampler:
         return max(0, self.peak - self.start) if self.available else None
 
 
+class _PeakMemory:
+    """Memory growth over a `with` block: peak RSS on CPU, allocator bytes held on GPU."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.growth: int | None = None
+
+    def __enter__(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.start = torch.cuda.memory_allocated()
+        else:
+            self.rss = _RssSampler().__enter__()
+        return self
+
+    def held(self) -> int:
+        """Bytes held now beyond the start (CUDA); 0 on CPU, whose sampler tracks the peak."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            return max(0, torch.cuda.memory_allocated() - self.start)
+        return 0
+
+    def __exit__(self, *exc):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.growth = max(0, torch.cuda.memory_allocated() - self.start)
+        else:
+            self.rss.__exit__(*exc)
+            self.growth = self.rss.growth
+
+
 def _release_free_memory() -> None:
     """Collect garbage and hand freed heap back to the OS so RSS growth is measurable."""
     gc.collect()
@@ -366,16 +397,33 @@ class BenchContext:
         return {"status": "missing", "suite": suite, "name": name, "impl": impl, "device": self.device,
                 "params": _jsonable(params or {}), "reason": str(reason)}
 
-    def measure(self, fn: Callable, *, suite: str, name: str, impl: str, params: dict,
-                bytes_moved: int | None = None, flops: int | None = None, baseline: str | None = None,
-                extra: dict | None = None, **timeit_kwargs) -> dict:
-        """`timeit` + `case`, or a `missing` entry saying why when ``fn`` raises."""
+    def measure(self, fn: Callable | None = None, *, suite: str, name: str, impl: str, params: dict,
+                build: Callable[[], Callable] | None = None, bytes_moved: int | None = None,
+                flops: int | None = None, baseline: str | None = None, extra: dict | None = None,
+                **timeit_kwargs) -> dict:
+        """`timeit` + `case`, or a `missing` entry saying why when building or calling raises.
+
+        Give ``fn``, or ``build`` (returns fn): then the peak memory counts from before the
+        build, so state an implementation keeps between calls (a cached matrix, an index)
+        is part of its figure. A build raising `anchors.AnchorMissing` reads as missing.
+        """
+        if (fn is None) == (build is None):
+            raise ValueError("measure takes fn or build, exactly one")
         try:
-            timing = self.timeit(fn, **timeit_kwargs)
+            with _PeakMemory(self.device) as outer:
+                if build is not None:
+                    fn = build()
+                state = outer.held()
+                timing = self.timeit(fn, **timeit_kwargs)
+            if self.device == "cuda":  # timeit's CUDA peak counts from after the build
+                timing["peak_mem_bytes"] = state + (timing["peak_mem_bytes"] or 0)
+            elif outer.growth is not None:
+                timing["peak_mem_bytes"] = max(outer.growth, timing["peak_mem_bytes"] or 0)
         except Exception as exc:  # a failing impl is reported, the run goes on
-            return self.missing(suite=suite, impl=impl, name=name, params=params,
-                                reason=f"failed: {type(exc).__name__}: {exc}"[:500])
+            reason = str(exc) if type(exc).__name__ == "AnchorMissing" else f"failed: {type(exc).__name__}: {exc}"
+            return self.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
         finally:
+            fn = None
             _release_free_memory()
             if self.device == "cuda":
                 torch.cuda.empty_cache()
@@ -495,3 +543,32 @@ def result_filename(report: dict) -> str:
     stamp = report["created_utc"].replace(":", "").replace("-", "")[:13]  # 20261121T0640
     quick = "-quick" if report["config"]["quick"] else ""
     return f"{device_slug(report['machine'])}-{stamp}Z{quick}.json"
+
+
+SCHEMA_PATH = Path(__file__).with_name("result.schema.json")
+
+
+def load_schema() -> dict:
+    import json
+
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(report: dict) -> None:
+    """Raise jsonschema.ValidationError when ``report`` does not match the shipped schema."""
+    import jsonschema
+
+    jsonschema.validate(report, load_schema())
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> Path:
+    """Write ``report`` as JSON into ``out_dir`` (created if needed); return the file's path."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / result_filename(report)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+    return path
