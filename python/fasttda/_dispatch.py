@@ -6,14 +6,16 @@ Every op is registered once as an `Op` with up to three forms:
   on CUDA tensors (slowly) so that a broken kernel can always be bypassed.
 * ``triton``: a Triton kernel from ``fasttda.kernels``. It runs on CUDA tensors, and on
   CPU tensors when ``TRITON_INTERPRET=1`` (that is how CI checks kernels without a GPU).
-* ``cuda``: a kernel from the JIT-built extension (``fasttda._extension``).
+* ``cuda``: a kernel from the JIT-built CUDA extension (``fasttda._extension``).
+* ``cpp``: a C++ CPU kernel from the JIT-built CPU extension, for CPU tensors, where a
+  fused loop beats composed torch ops (int8 dequantize inside the dot product, say).
 
 Forms are given as import paths and imported on first use, so importing fasttda never
 imports triton or builds anything.
 
 ``backend="auto"`` (or ``None``) resolves through the env ``FASTTDA_BACKEND`` first, then
-picks CUDA extension → Triton → reference for CUDA tensors, and the reference for CPU
-tensors. An explicit backend that cannot run the given tensors raises
+picks CUDA extension → Triton → reference for CUDA tensors, and the C++ CPU kernel (when
+the op has one and it builds) → reference for CPU tensors. An explicit backend that cannot run the given tensors raises
 `BackendUnavailable` saying why; it never silently falls back.
 """
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Callable
 
 import torch
 
-BACKENDS = ("auto", "reference", "triton", "cuda")
+BACKENDS = ("auto", "reference", "triton", "cuda", "cpp")
 ENV_VAR = "FASTTDA_BACKEND"
 
 
@@ -55,14 +57,15 @@ def _import(path: str) -> Callable:
 class Op:
     """An op's forms: the reference callable plus lazily imported kernel launchers.
 
-    ``triton`` and ``cuda`` are ``"module:function"`` strings. ``cuda`` names a function
-    of the compiled extension module (see `fasttda._extension.load`).
+    ``triton`` is a ``"module:function"`` string; ``cuda`` and ``cpp`` name functions of the
+    compiled CUDA and CPU extension modules (see `fasttda._extension.load`).
     """
 
     name: str
     reference: Callable
     triton: str | None = None
     cuda: str | None = None
+    cpp: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
     def resolve(self, backend: str | None, device: torch.device) -> tuple[str, Callable]:
@@ -74,6 +77,8 @@ class Op:
             return "reference", self.reference
         if requested == "triton":
             return "triton", self._triton(device)
+        if requested == "cpp":
+            return "cpp", self._cpp(device)
         return "cuda", self._cuda(device)
 
     # -- the three rules --------------------------------------------------------------
@@ -84,6 +89,11 @@ class Op:
                     return name, getter(device)
                 except BackendUnavailable:
                     continue
+        elif device.type == "cpu" and self.cpp is not None:
+            try:
+                return "cpp", self._cpp(device)
+            except BackendUnavailable:
+                pass
         return "reference", self.reference
 
     def _triton(self, device: torch.device) -> Callable:
@@ -108,8 +118,17 @@ class Op:
             raise BackendUnavailable(f"{self.name}: backend='cuda' needs CUDA tensors, got tensors on {device}")
         from fasttda import _extension
 
-        ext = _extension.load()  # raises BackendUnavailable with the build error
+        ext = _extension.load("cuda")  # raises BackendUnavailable with the build error
         return getattr(ext, self.cuda)
+
+    def _cpp(self, device: torch.device) -> Callable:
+        if self.cpp is None:
+            raise BackendUnavailable(f"{self.name}: there is no C++ CPU kernel for this op; use 'reference'")
+        if device.type != "cpu":
+            raise BackendUnavailable(f"{self.name}: backend='cpp' needs CPU tensors, got tensors on {device}")
+        from fasttda import _extension
+
+        return getattr(_extension.load("cpu"), self.cpp)
 
 
 def _requested(backend: str | None) -> str:

@@ -1,0 +1,134 @@
+"""`quantize` / `dequantize`: the feature store's row formats, with per-row scales.
+
+=========  ==========================  =================================================
+format     stored as                   per-row scale (float32)
+=========  ==========================  =================================================
+fp32       float32                     none
+bf16       bfloat16                    none
+fp16       float16                     none (values past ±65504 are an error, not inf)
+int8       int8, symmetric in ±127     absmax / 127
+fp8_e4m3   float8_e4m3fn (uint8 bits   absmax / 448
+           on disk)
+int4       uint8, two per byte: column absmax / 7; nibble = q + 8, q in [-7, 7];
+           2c in the low nibble, 2c+1  an odd dim is padded with q = 0
+           in the high one
+=========  ==========================  =================================================
+
+A row of zeros gets scale 0 and dequantizes to zeros. Non-finite input is rejected
+with the offending row indices: a store never holds NaN.
+"""
+from __future__ import annotations
+
+import torch
+
+from fasttda._dispatch import Op, common_device
+
+FP8 = getattr(torch, "float8_e4m3fn", None)
+
+FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
+FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+SCALED_QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
+FP16_MAX = 65504.0
+
+
+def storage_dtype(fmt: str) -> torch.dtype:
+    """The torch dtype `quantize` returns for ``fmt``."""
+    check_format(fmt)
+    if fmt in FLOAT_FORMATS:
+        return FLOAT_FORMATS[fmt]
+    return {"int8": torch.int8, "fp8_e4m3": FP8 or torch.uint8, "int4": torch.uint8}[fmt]
+
+
+def stored_width(fmt: str, dim: int) -> int:
+    """Columns of stored data for ``dim`` feature columns."""
+    return (dim + 1) // 2 if fmt == "int4" else dim
+
+
+def bytes_per_row(fmt: str, dim: int) -> int:
+    """Bytes a row costs on disk, data plus its scale (norms not counted)."""
+    item = storage_dtype(fmt).itemsize
+    return stored_width(fmt, dim) * item + (4 if fmt in SCALED_QMAX else 0)
+
+
+def check_format(fmt) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
+
+
+def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
+    """Quantize rows of ``x`` ``[N, d]`` to ``fmt``: returns ``(data, scale)``.
+
+    ``scale`` is float32 ``[N]`` for int8, fp8_e4m3 and int4, and None for float formats.
+    """
+    check_format(fmt)
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        raise ValueError(f"x must be a 2-D tensor [N, d], got {getattr(x, 'shape', type(x).__name__)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+    bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+    if bad.numel():
+        raise ValueError(f"x has non-finite values in rows {bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}")
+    if fmt == "fp16" and x.numel() and x.abs().max() > FP16_MAX:
+        raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
+    _, impl = QUANTIZE.resolve(backend, common_device(x))
+    return impl(x, fmt)
+
+
+def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim: int | None = None,
+               backend: str | None = "auto") -> torch.Tensor:
+    """Invert `quantize` to float32 ``[N, dim]``. ``dim`` is needed for int4 with an odd width."""
+    check_format(fmt)
+    if not isinstance(data, torch.Tensor) or data.dim() != 2:
+        raise ValueError(f"data must be a 2-D tensor, got {getattr(data, 'shape', type(data).__name__)}")
+    if fmt == "fp8_e4m3" and data.dtype == torch.uint8 and FP8 is not None:
+        data = data.view(FP8)
+    expected = storage_dtype(fmt)
+    if data.dtype != expected:
+        raise TypeError(f"data for fmt={fmt!r} must be {expected}, got {data.dtype}")
+    if fmt in SCALED_QMAX:
+        if scale is None or scale.shape != (data.shape[0],):
+            raise ValueError(f"scale must be a float32 tensor [{data.shape[0]}] for fmt={fmt!r}, got "
+                             f"{None if scale is None else tuple(scale.shape)}")
+    if dim is None:
+        dim = data.shape[1] * 2 if fmt == "int4" else data.shape[1]
+    elif stored_width(fmt, dim) != data.shape[1]:
+        raise ValueError(f"dim={dim} does not match data width {data.shape[1]} for fmt={fmt!r}")
+    _, impl = DEQUANTIZE.resolve(backend, common_device(data))
+    return impl(data, scale, fmt, dim)
+
+
+# -- reference ------------------------------------------------------------------------------
+def quantize_reference(x, fmt):
+    if fmt in FLOAT_FORMATS:
+        return x.to(FLOAT_FORMATS[fmt]).contiguous(), None
+    x = x.to(torch.float32)
+    qmax = SCALED_QMAX[fmt]
+    scale = x.abs().amax(dim=1) / qmax
+    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))[:, None]
+    if fmt == "fp8_e4m3":
+        return (x * inv).clamp(-qmax, qmax).to(FP8).contiguous(), scale
+    q = torch.round(x * inv).clamp(-qmax, qmax)
+    if fmt == "int8":
+        return q.to(torch.int8).contiguous(), scale
+    if q.shape[1] % 2:
+        q = torch.nn.functional.pad(q, (0, 1))
+    nib = (q + 8).to(torch.uint8)
+    return (nib[:, 0::2] | (nib[:, 1::2] << 4)).contiguous(), scale
+
+
+def unpack_int4(data: torch.Tensor, dim: int) -> torch.Tensor:
+    """Signed int4 values of packed rows, as float32 ``[N, dim]``."""
+    lo = (data & 0xF).to(torch.float32) - 8.0
+    hi = (data >> 4).to(torch.float32) - 8.0
+    return torch.stack((lo, hi), dim=2).reshape(data.shape[0], -1)[:, :dim]
+
+
+def dequantize_reference(data, scale, fmt, dim):
+    if fmt in FLOAT_FORMATS:
+        return data.to(torch.float32)
+    values = unpack_int4(data, dim) if fmt == "int4" else data.to(torch.float32)
+    return values * scale[:, None].to(torch.float32)
+
+
+QUANTIZE = Op("quantize", reference=quantize_reference, triton="fasttda.kernels.quantize:launch_quantize")
+DEQUANTIZE = Op("dequantize", reference=dequantize_reference, triton="fasttda.kernels.quantize:launch_dequantize")
