@@ -83,19 +83,19 @@ def sjlt_cuda(in_dim: int, out_dim: int, device: str, *, s: int = 1, seed: int =
 
 
 # -- scoring -------------------------------------------------------------------------------
-def faiss_flat_ip(rows: torch.Tensor):
-    """faiss IndexFlatIP holding ``rows`` (float32, CPU); returns ``search(queries, k)``."""
+def faiss_flat_ip(rows: torch.Tensor, k: int):
+    """faiss IndexFlatIP holding ``rows`` (float32, CPU); returns ``search(queries)`` for top-k."""
     faiss = need("faiss", "pip install faiss-cpu")
     index = faiss.IndexFlatIP(rows.shape[1])
     index.add(rows.detach().cpu().float().contiguous().numpy())
-    return lambda q, k: index.search(q.detach().cpu().float().contiguous().numpy(), k)
+    return lambda q: index.search(q.detach().cpu().float().contiguous().numpy(), k)
 
 
-def faiss_sq8(rows: torch.Tensor):
+def faiss_sq8(rows: torch.Tensor, k: int):
     """faiss IndexScalarQuantizer QT_8bit, inner product: int8-coded rows, exhaustive scan."""
     faiss = need("faiss", "pip install faiss-cpu")
     index = faiss.IndexScalarQuantizer(rows.shape[1], faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
     data = rows.detach().cpu().float().contiguous().numpy()
     index.train(data)
     index.add(data)
-    return lambda q, k: index.search(q.detach().cpu().float().contiguous().numpy(), k)
+    return lambda q: index.search(q.detach().cpu().float().contiguous().numpy(), k)

@@ -72,17 +72,18 @@ def bench(suites, quick, device, out_dir, plots):
 
 def summary(report: dict) -> str:
     """A plain-text table of the run: time, ratio vs baseline, GB/s, TFLOP/s, peak memory."""
-    lines = [f"{'suite/case':44} {'impl':28} {'median':>10} {'vs base':>9} {'GB/s':>8} {'TFLOP/s':>8} {'peak MiB':>9}"]
+    lines = [f"{'suite/case':44} {'impl':32} {'median':>10} {'vs base':>9} {'GB/s':>8} {'TFLOP/s':>8} {'peak MiB':>9}"]
     for r in report["results"]:
-        label = f"{r['suite']}/{r['name'] or '*'}"
+        shape = ",".join(f"{k}={v}" for k, v in r["params"].items() if k not in ("dtype", "kind"))
+        label = f"{r['suite']}/{r['name'] or '*'} {shape}"
         if r["status"] != "ok":
-            lines.append(f"{label[:44]:44} {r['impl'][:28]:28} missing: {r['reason'][:70]}")
+            lines.append(f"{label[:44]:44} {r['impl'][:32]:32} missing: {r['reason'][:70]}")
             continue
         ratio = f"{r['ratio_vs_baseline']:.2f}x" if r["ratio_vs_baseline"] else ""
         gbps = f"{r['gbps']:.1f}" if r["gbps"] else ""
         tflops = f"{r['tflops']:.3f}" if r["tflops"] else ""
         mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else ""
-        lines.append(f"{label[:44]:44} {r['impl'][:28]:28} {_fmt(r['median_s']):>10} {ratio:>9} {gbps:>8} "
+        lines.append(f"{label[:44]:44} {r['impl'][:32]:32} {_fmt(r['median_s']):>10} {ratio:>9} {gbps:>8} "
                      f"{tflops:>8} {mem:>9}")
     return "\n".join(lines)
 
