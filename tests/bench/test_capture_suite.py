@@ -1,6 +1,7 @@
 """The `capture` bench suite: quick mode end to end, its workloads, its derived figures."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import pytest
@@ -27,7 +28,10 @@ def _expected_ok(impl: str) -> bool:
     if impl.startswith("bergson"):
         return _importable("bergson")
     if impl.startswith("fasttda"):
-        return _importable("fasttda.capture")
+        try:
+            return hasattr(importlib.import_module("fasttda.capture"), "GradientCapture")
+        except ImportError:
+            return False
     return True
 
 
@@ -54,6 +58,7 @@ def test_quick_run_is_well_formed(quick_report):
         assert r["p25_s"] <= r["median_s"] <= r["p75_s"]
         assert r["repeats"] == 2
         assert r["extra"]["examples_per_s"] == pytest.approx(w.batch / r["median_s"])
+        assert r["extra"]["cpu_s_median"] > 0
         assert r["baseline"] == (None if r["impl"] == "plain" else "plain")
         if r["baseline"]:
             plain = next(p for p in results if p["impl"] == "plain")
@@ -91,7 +96,7 @@ def test_throughput_figures_from_medians():
     w = wl.Workload("toy", "llama", layers=1, width=8, mlp=16, vocab=16, heads=2, batch=8, seq_len=4, batches=1)
 
     def case(impl, median):
-        return {"status": "ok", "impl": impl, "median_s": median, "extra": {}}
+        return {"status": "ok", "impl": impl, "median_s": median, "extra": {"cpu_s_median": 2 * median}}
 
     cases = [case("plain", 0.5), case("plain.frozen", 0.4), case("fasttda", 0.6), case("bergson", 0.8),
              case("dattri-llm.logra", 0.5), {"status": "missing", "impl": "bergson.frozen", "reason": "x"}]
@@ -100,6 +105,7 @@ def test_throughput_figures_from_medians():
     assert fast["examples_per_s"] == pytest.approx(8 / 0.6)
     assert fast["overhead_vs_plain"] == pytest.approx(1.2)
     assert fast["overhead_vs_plain_frozen"] == pytest.approx(1.5)
+    assert fast["cpu_overhead_vs_plain"] == pytest.approx(1.2)
     assert fast["speedup_vs_anchor"] == pytest.approx({"bergson": 0.8 / 0.6, "dattri-llm.logra": 0.5 / 0.6})
     assert fast["meets_overhead_goal"] is True and fast["overhead_goal"] == 1.5
     assert fast["faster_than_every_anchor"] is False

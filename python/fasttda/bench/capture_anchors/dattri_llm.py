@@ -17,6 +17,7 @@ does equal ranks on both sides (``k_in == k_out``).
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Callable
 
 import torch
@@ -53,9 +54,12 @@ def build(model: torch.nn.Module, w: Workload, device: str, *, seed: int = 0) ->
         include_frozen=True,
     )
     capture = CaptureCallback()
-    manager = dattri_llm.HookManager(model, config=config, callbacks=[capture])
-    collecting = manager.collect(deregister_on_exit=True)
-    collecting.__enter__()
+    with warnings.catch_warnings():
+        # Frozen weights are the point of the frozen rows; dattri-llm warns about them.
+        warnings.filterwarnings("ignore", message=".*have no trainable parameter", category=UserWarning)
+        manager = dattri_llm.HookManager(model, config=config, callbacks=[capture])
+        collecting = manager.collect(deregister_on_exit=True)
+        collecting.__enter__()
 
     def step(batch: Batch):
         model.zero_grad(set_to_none=True)

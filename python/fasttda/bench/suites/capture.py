@@ -14,14 +14,18 @@ Implementations, all on the same saved model, batches, modules and rank:
 * ``bergson`` (+ ``.frozen``): Bergson's InMemoryCollector, per-module 16×16 projection.
 
 Workloads: a small GPT-2 and the METHODS.md section 8 Llama (4 layers, width 512, MLP 1024,
-vocab 8192, fp32, batch 8 × 128 tokens, 28 block linears at rank 16×16); quick mode: a
-toy GPT-2, 2 batches, one row per code path. ``extra`` carries examples/s, the overhead over ``plain`` and
-``plain.frozen``, and for fasttda the speed-up over each anchor and the capture goals
-(overhead ≤ 1.5× plain on CPU, ≤ 1.15× on GPU; faster than both anchors).
+vocab 8192, fp32, batch 8 × 128 tokens, 28 block linears at rank 16×16); quick mode: a toy
+GPT-2, 2 batches, one row per code path. ``extra`` carries examples/s, the overhead over
+``plain`` and ``plain.frozen``, the median process CPU seconds per call (both torch threads;
+steadier than wall time on a shared machine) and its ratio to ``plain``, and for fasttda the
+speed-up over each anchor and the capture goals (overhead ≤ 1.5× plain on CPU, ≤ 1.15× on
+GPU; faster than both anchors).
 """
 from __future__ import annotations
 
+import statistics
 import tempfile
+import time
 
 import torch
 
@@ -77,23 +81,51 @@ def workload_cases(ctx, w: Workload, root: str) -> list[dict]:
     for impl, (build, anchor_version) in implementations(saved, w, batches, ctx.device).items():
         if ctx.quick and impl not in QUICK_IMPLS:
             continue
-        built: list = []
-
-        def build_and_keep(build=build):
-            step = build()
-            built.append(step)
-            return step
-
+        step = CpuTimed(build)
         extra = dict(parameters=saved.parameters, torch_threads=torch.get_num_threads())
         if anchor_version is not None:
             extra["anchor_version"] = anchor_version
-        cases.append(ctx.measure(build=build_and_keep, suite=SUITE, name=w.name, impl=impl, params=params,
-                                 rotate=batches, baseline=None if impl == BASELINE else BASELINE,
-                                 extra=extra, **timing))
-        for step in built:
-            getattr(step, "close", lambda: None)()
-        built.clear()
+        case = ctx.measure(build=step.build, suite=SUITE, name=w.name, impl=impl, params=params,
+                           rotate=batches, baseline=None if impl == BASELINE else BASELINE,
+                           extra=extra, **timing)
+        if case.get("status") == "ok":
+            case["extra"]["cpu_s_median"] = step.cpu_median(skip=timing["warmup"])
+        step.close()
+        cases.append(case)
     return add_throughput(cases, w, ctx.device)
+
+
+class CpuTimed:
+    """Builds a step and records the process CPU seconds of each call.
+
+    On a shared machine wall time swings with the other tenants' load while the CPU time a
+    call burns moves much less, so ``cpu_s_median`` (both torch threads together) is the
+    steadier figure for comparing implementations measured minutes apart.
+    """
+
+    def __init__(self, build):
+        self._build = build
+        self._step = None
+        self.cpu_s: list[float] = []
+
+    def build(self):
+        self._step = self._build()
+        return self
+
+    def __call__(self, batch):
+        start = time.process_time()
+        out = self._step(batch)
+        self.cpu_s.append(time.process_time() - start)
+        return out
+
+    def cpu_median(self, skip: int) -> float | None:
+        kept = self.cpu_s[skip:]
+        return statistics.median(kept) if kept else None
+
+    def close(self) -> None:
+        if self._step is not None:
+            getattr(self._step, "close", lambda: None)()
+        self._step = None
 
 
 def add_throughput(cases: list[dict], w: Workload, device: str) -> list[dict]:
@@ -105,6 +137,8 @@ def add_throughput(cases: list[dict], w: Workload, device: str) -> list[dict]:
         extra["examples_per_s"] = w.batch / c["median_s"]
         if plain is not None:
             extra["overhead_vs_plain"] = c["median_s"] / plain["median_s"]
+            if extra.get("cpu_s_median") and plain["extra"].get("cpu_s_median"):
+                extra["cpu_overhead_vs_plain"] = extra["cpu_s_median"] / plain["extra"]["cpu_s_median"]
         if frozen is not None:
             extra["overhead_vs_plain_frozen"] = c["median_s"] / frozen["median_s"]
         if impl.startswith("fasttda"):
