@@ -44,7 +44,8 @@ def build(model: torch.nn.Module, w: Workload, device: str, *, seed: int = 0) ->
     # An explicit list of names, anchored, so the selection is exactly the suite's modules.
     names = target_modules(model, w.module_pattern)
     projection = {"style": "logra", "proj_dim": w.k_in, "proj_seed": seed, "proj_type": "rademacher",
-                  "proj_max_batch_size": w.batch}
+                  # dattri's CUDA projector wants a multiple of 8
+                  "proj_max_batch_size": -(-w.batch // 8) * 8}
     if device == "cuda":
         projection["device"] = "cuda"
     config = dattri_llm.HookManagerConfig(
