@@ -12,6 +12,7 @@ Cache: ``$FASTTDA_CACHE_DIR`` or ``~/.cache/fasttda/extensions``.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import platform
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 import torch
 
 from fasttda._dispatch import BackendUnavailable
+
+logger = logging.getLogger("fasttda")
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 if not CSRC.is_dir():  # editable install from the source tree: csrc/ sits beside python/
@@ -43,6 +46,18 @@ def _sources(kind: str) -> list[Path]:
     if kind == "cpu":
         return sorted((CSRC / "cpu").glob("*.cpp"))
     raise ValueError(f"kind={kind!r}: expected 'cuda' or 'cpu'")
+
+
+def _cpu_features() -> str:
+    """What -march=native compiles for: a binary cached for one CPU must not load on another."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return hashlib.sha256(line.encode()).hexdigest()[:12]
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
 
 
 def _cuda_arch() -> str:
@@ -95,12 +110,15 @@ def _build(kind: str):
     from torch.utils import cpp_extension
 
     flags = CUDA_FLAGS if kind == "cuda" else CPU_FLAGS
-    arch = _cuda_arch() if kind == "cuda" else platform.processor() or "cpu"
+    arch = _cuda_arch() if kind == "cuda" else _cpu_features()
     key = build_key(kind, sources, flags, arch)
     build_dir = cache_root() / f"{kind}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     if kind == "cuda":
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
+    if not (build_dir / f"fasttda_{kind}_{key}.so").exists():
+        logger.warning("fasttda: building the %s kernels once (cached in %s); this takes a minute or two",
+                       kind, build_dir)
     with FileLock(str(build_dir) + ".lock"):
         return cpp_extension.load(
             name=f"fasttda_{kind}_{key}",

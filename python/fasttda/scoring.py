@@ -1,0 +1,245 @@
+"""`fasttda.score`: stream feature stores chunk by chunk, keep only the top k per query.
+
+    result = fasttda.score(queries, store, k=100)                   # one store
+    result = fasttda.score([q1, q2, q0], [s1, s2, s0], k=100,       # DDA: one pass over
+                           weights=[0.5, 0.5, -1.0], normalize=True)  # three checkpoints
+
+Each chunk of rows is scored by `fasttda.ops.score_topk` (which also fuses the stores'
+weighted combination), and its top k is merged into a running top k with the same total
+order as the op (higher score, then lower row index), so the result equals one call of
+the op over all rows. Peak memory is one chunk per store (zero-copy views of the store's
+memory maps on the CPU) plus the op's bounded buffers plus ``Q × k``, whatever N is.
+
+On a GPU the next chunk is read and copied host → device (pinned buffer, side stream)
+while the current one is scored; see `_prefetch_to_device`.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from fasttda.ops.score import pack_keys_at, score_topk, unpack_keys
+from fasttda.precondition import as_preconditioner
+
+DEFAULT_CHUNK_ROWS = 65536
+
+
+class TopK(NamedTuple):
+    """``values [Q, k]`` float32, ``indices [Q, k]`` global row positions, ``ids [Q, k]``
+    the stores' row ids (an int64 array, or an object array of str ids)."""
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    ids: np.ndarray
+
+
+def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
+          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto") -> TopK:
+    """Global top-k of ``queries`` against every row of ``stores``.
+
+    Args:
+        queries: ``[Q, d]``, or a list of C tensors (one per store).
+        stores: a `fasttda.FeatureStore`, or a list of C stores holding the same rows
+            (checkpoints of one run), combined as Σ_c w_c · score_c in one pass.
+        k: rows kept per query (``k > N`` keeps all N).
+        weights: one float per store (default 1.0).
+        normalize: cosine per store, with the stored fp32 row norms.
+        preconditioner: applied to the queries once: a `fasttda.precondition.Preconditioner`,
+            a ``[d, d]`` H⁻¹, a ``[d]`` diagonal, or a list of those (None entries allowed), one per store.
+        chunk_rows: rows read per chunk (memory: about ``chunk_rows × row bytes`` per store).
+        device: where scoring runs (default: the queries' device). With ``"cuda"`` and stores
+            on disk, chunks are prefetched to the GPU while the previous one is scored.
+        backend: the op's backend (`fasttda.ops.score_topk`).
+    """
+    multi = isinstance(stores, (list, tuple))
+    store_list = list(stores) if multi else [stores]
+    if isinstance(queries, (list, tuple)) != multi:
+        raise TypeError("queries and stores must both be single or both be lists (one query tensor per store)")
+    query_list = list(queries) if multi else [queries]
+    if not store_list:
+        raise ValueError("stores is empty")
+    if len(query_list) != len(store_list):
+        raise ValueError(f"{len(query_list)} query tensors for {len(store_list)} stores")
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be an int >= 1, got {chunk_rows!r}")
+    _check_same_rows(store_list)
+    device = torch.device(device) if device is not None else query_list[0].device
+    query_list = _precondition(query_list, preconditioner, len(store_list), device)
+    for c, (q, s) in enumerate(zip(query_list, store_list)):
+        if q.dim() != 2 or q.shape[1] != s.dim:
+            raise ValueError(f"queries{f'[{c}]' if multi else ''} must be [Q, {s.dim}] for its store, got {tuple(q.shape)}")
+
+    merger = _RunningTopK(k)
+    chunks = _aligned_chunks(store_list, chunk_rows)
+    if device.type == "cuda":
+        chunks = _prefetch_to_device(chunks, device)
+    for group in chunks:
+        start = group[0].start
+        values, local = score_topk(
+            query_list if multi else query_list[0],
+            [g.data for g in group] if multi else group[0].data, k=k,
+            scales=[g.scale for g in group] if multi else group[0].scale,
+            norms=[g.norms for g in group] if multi else group[0].norms,
+            weights=weights, normalize=normalize, fmt=[g.fmt for g in group] if multi else group[0].fmt,
+            backend=backend)
+        merger.add(values, local + start, group[0])
+    return merger.result(query_list[0].shape[0], device)
+
+
+# -- stores -------------------------------------------------------------------------------
+def _check_same_rows(stores) -> None:
+    if len(stores) < 2:
+        return
+    try:
+        from fasttda.store import check_compatible
+    except ImportError:  # the store package is optional for duck-typed stores
+        check_compatible = None
+    if check_compatible is not None and all(hasattr(s, "ids_digest") for s in stores):
+        check_compatible(stores, same_fingerprint=False, same_rows=True)
+    lengths = [len(s) for s in stores]
+    if len(set(lengths)) != 1:
+        raise ValueError(f"stores combined in one score must hold the same rows, got lengths {lengths}")
+
+
+def _aligned_chunks(stores, chunk_rows: int):
+    """Tuples of one chunk per store over the same rows; the first store sets the boundaries."""
+    followers = [_RangeReader(s, chunk_rows) for s in stores[1:]]
+    for lead in stores[0].iter_chunks(chunk_rows):
+        stop = lead.start + lead.data.shape[0]
+        yield (lead, *(f.read(lead.start, stop) for f in followers))
+
+
+class _Piece:
+    """A chunk assembled from several (shard-bounded) chunks of one store."""
+
+    def __init__(self, parts):
+        self.start = parts[0].start
+        self.fmt = parts[0].fmt
+        self.data = torch.cat([p.data for p in parts])
+        self.scale = None if parts[0].scale is None else torch.cat([p.scale for p in parts])
+        self.norms = torch.cat([p.norms for p in parts])
+        ids = [_chunk_ids(p) for p in parts]
+        self.ids = None if any(i is None for i in ids) else np.concatenate(ids)
+
+
+class _RangeReader:
+    """Rows ``[start, stop)`` of a store, read in order: one zero-copy chunk when the
+    range lies inside one of its shards, else the pieces concatenated."""
+
+    def __init__(self, store, chunk_rows):
+        self.store, self.chunk_rows = store, chunk_rows
+
+    def read(self, start: int, stop: int):
+        parts = list(self.store.iter_chunks(stop - start, start=start, stop=stop))
+        return parts[0] if len(parts) == 1 else _Piece(parts)
+
+
+def _chunk_ids(chunk):
+    ids = getattr(chunk, "ids", None)
+    if ids is None:
+        return None
+    if isinstance(ids, torch.Tensor):
+        return ids.cpu().numpy()
+    return ids if isinstance(ids, np.ndarray) else np.asarray(ids, dtype=object)
+
+
+# -- queries ------------------------------------------------------------------------------
+def _precondition(queries, preconditioner, count, device):
+    pcs = list(preconditioner) if isinstance(preconditioner, (list, tuple)) else [preconditioner] * count
+    if len(pcs) != count:
+        raise ValueError(f"preconditioner has {len(pcs)} entries for {count} stores")
+    out = []
+    for q, pc in zip(queries, pcs):
+        if not isinstance(q, torch.Tensor):
+            raise TypeError(f"queries must be tensors, got {type(q).__name__}")
+        if q.dim() == 2 and q.is_floating_point() and not torch.isfinite(q).all():
+            raise ValueError("queries have non-finite values")
+        pc = as_preconditioner(pc)
+        out.append((q if pc is None else pc.apply(q)).to(device))
+    return out
+
+
+# -- the running top-k ----------------------------------------------------------------------
+class _RunningTopK:
+    """Best k (score, row) pairs seen so far, with their ids: ``Q × k`` state, whatever N."""
+
+    def __init__(self, k: int):
+        self.k = k
+        self.keys = None
+        self.ids = None  # numpy [Q, k], or None while the stores give no ids
+
+    def add(self, values, rows, chunk) -> None:
+        keys = pack_keys_at(values, rows)
+        chunk_ids = _chunk_ids(chunk)
+        if chunk_ids is None:
+            ids = rows.cpu().numpy()
+        else:
+            ids = chunk_ids[(rows - chunk.start).cpu().numpy()]
+        if self.keys is not None:
+            keys = torch.cat((self.keys, keys), dim=1)
+            ids = np.concatenate((self.ids, ids), axis=1)
+        top = torch.topk(keys, min(self.k, keys.shape[1]), dim=1)
+        self.keys = top.values
+        self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
+
+    def result(self, n_queries: int, device) -> TopK:
+        if self.keys is None:  # a store with no rows
+            empty = torch.empty(n_queries, 0, device=device)
+            return TopK(empty, empty.long(), np.empty((n_queries, 0), dtype=np.int64))
+        values, rows = unpack_keys(self.keys)
+        return TopK(values, rows, self.ids)
+
+
+# -- GPU: overlap reading + host-to-device copies with scoring -------------------------------
+def _prefetch_to_device(chunk_groups, device):
+    """Yield chunk groups with tensors on ``device``, one group ahead.
+
+    NOT YET RUN ON A GPU (written in a session without one). Each group's tensors are
+    copied into pinned host buffers (the read from the memory map happens here), then
+    copied to the device with ``non_blocking=True`` on a side stream; the main stream
+    waits on that copy's event only when it scores the group. The copy of group i+1 thus
+    overlaps the scoring of group i. Buffers are released when their group is dropped.
+    """
+    copy_stream = torch.cuda.Stream(device=device)
+    current = torch.cuda.current_stream(device)
+    pending = None
+    for group in chunk_groups:
+        moved = []
+        with torch.cuda.stream(copy_stream):
+            for chunk in group:
+                moved.append(_DeviceChunk(chunk, device))
+            ready = torch.cuda.Event()
+            ready.record(copy_stream)
+        if pending is not None:
+            yield _wait(pending, current)
+        pending = (moved, ready)
+    if pending is not None:
+        yield _wait(pending, current)
+
+
+def _wait(pending, stream):
+    moved, ready = pending
+    stream.wait_event(ready)
+    for chunk in moved:  # tell the caching allocator these buffers are used on `stream` too
+        for t in (chunk.data, chunk.scale, chunk.norms):
+            if t is not None:
+                t.record_stream(stream)
+    return tuple(moved)
+
+
+class _DeviceChunk:
+    def __init__(self, chunk, device):
+        self.start, self.fmt, self.ids = chunk.start, chunk.fmt, _chunk_ids(chunk)
+        self.data = _to_device(chunk.data, device)
+        self.scale = None if chunk.scale is None else _to_device(chunk.scale, device)
+        self.norms = _to_device(chunk.norms, device)
+
+
+def _to_device(t: torch.Tensor, device) -> torch.Tensor:
+    if t.device.type == "cuda":
+        return t
+    pinned = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    pinned.copy_(t)
+    return pinned.to(device, non_blocking=True)
