@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from fasttda.bench import anchors
+from fasttda.bench.suites._common import usable_backends
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -27,20 +28,6 @@ def shapes(ctx) -> list[dict]:
     if ctx.device == "cuda":
         return [dict(B=32, D=1 << 18, k=2048), dict(B=32, D=1 << 24, k=8192)]
     return [dict(B=32, D=1 << 18, k=2048)]
-
-
-def fasttda_backends(ctx) -> list[str]:
-    if ctx.device == "cuda":
-        return ["triton", "cuda"]
-    backends = ["reference"]
-    try:  # an optional compiled CPU backend, where the dispatch offers one
-        from fasttda import _dispatch
-
-        if "cpp" in getattr(_dispatch, "BACKENDS", ()):
-            backends.append("cpp")
-    except ImportError:
-        pass
-    return backends
 
 
 def run(ctx) -> list[dict]:
@@ -79,16 +66,13 @@ def dense_cases(ctx, B, D, k) -> list[dict]:
     out.append(anchor_case(dattri_impl, anchors.dattri_projector,
                            extra_bytes=4 * D * k if ctx.device == "cuda" else 0))
 
-    for backend in fasttda_backends(ctx):
-        impl = f"fasttda.project[{backend}]"
-        try:
-            ops.project(xs[0][:, :64], 8, backend=backend)  # available here at all?
-        except Exception as exc:
-            out.append(ctx.missing(suite=SUITE, name="dense_jl", impl=impl, params=params,
-                                   reason=f"{type(exc).__name__}: {exc}"[:500]))
-            continue
-        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, seed=0, backend=b), impl=impl, rotate=xs,
-                               bytes_moved=io_bytes, baseline=baseline, **common))
+    backends, missing = usable_backends(ctx, SUITE, "dense_jl", params,
+                                        lambda b: ops.project(xs[0][:, :64], 8, backend=b), "fasttda.project")
+    out += missing
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, seed=0, backend=b),
+                               impl=f"fasttda.project[{backend}]", rotate=xs, bytes_moved=io_bytes,
+                               baseline=baseline, **common))
 
     out.append(materialized_matmul_case(ctx, xs, B, D, k, params, baseline))
     return out
@@ -134,14 +118,11 @@ def sjlt_cases(ctx, B, D, k, s) -> list[dict]:
             return lambda x: torch.sparse.mm(p_t, x.t()).t()
 
         out.append(ctx.measure(build=build_sparse, impl="torch.sparse[materialized P]", rotate=xs, **common))
-    for backend in fasttda_backends(ctx):
-        impl = f"fasttda.project[{backend}]"
-        try:
-            ops.project(xs[0][:, :64], 8, kind="sjlt", backend=backend)
-        except Exception as exc:
-            out.append(ctx.missing(suite=SUITE, name="sjlt", impl=impl, params=params,
-                                   reason=f"{type(exc).__name__}: {exc}"[:500]))
-            continue
-        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, kind="sjlt", s=s, backend=b), impl=impl,
-                               rotate=xs, baseline=baseline, **common))
+    backends, missing = usable_backends(ctx, SUITE, "sjlt", params,
+                                        lambda b: ops.project(xs[0][:, :64], 8, kind="sjlt", backend=b),
+                                        "fasttda.project")
+    out += missing
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, kind="sjlt", s=s, backend=b),
+                               impl=f"fasttda.project[{backend}]", rotate=xs, baseline=baseline, **common))
     return out
