@@ -12,3 +12,15 @@ for src in csrc/*.cu; do
     -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80
 done
 rm -rf "$out"
+
+# The torch bindings: a syntax check against this torch's headers (a CPU build of torch
+# ships them too), so a binding that cannot compile fails here rather than on a GPU.
+python3 - <<'PY'
+import subprocess, sys, sysconfig
+from torch.utils import cpp_extension
+includes = [f"-I{p}" for p in [sysconfig.get_paths()["include"], *cpp_extension.include_paths()]]
+cmd = ["g++", "-std=c++20", "-fsyntax-only", "-w", "-DTORCH_EXTENSION_NAME=fasttda_check", *includes,
+       "csrc/cuda_bindings.cpp"]
+print("g++ -fsyntax-only csrc/cuda_bindings.cpp")
+sys.exit(subprocess.run(cmd).returncode)
+PY

@@ -61,3 +61,26 @@ def gaussian_tile(rk, cols, k_col):
     theta = u2 * 6.283185307179586
     odd = (cols & 1)[None, :] == 1
     return tl.where(odd, r * tl.sin(theta), r * tl.cos(theta))
+
+
+@triton.jit
+def rademacher_tile_packed(rk, word_start, N_WORDS: tl.constexpr, k_col):
+    """Unscaled ±1 tile ``[R, 32 * N_WORDS]`` for columns ``[32 * word_start, ...)``.
+
+    One hash per 32 entries, then a shift per entry: generation stays cheap when the
+    tile is multiplied by only a few rows (the common case: B ≤ 32 examples per launch).
+    """
+    w = words(rk[:, None], col_keys(word_start + tl.arange(0, N_WORDS), k_col)[None, :])
+    shifts = tl.arange(0, 32).to(tl.uint32)
+    bits = (w[:, :, None] >> shifts[None, None, :]) & 1
+    bits = tl.reshape(bits, (rk.shape[0], N_WORDS * 32))
+    return 1.0 - 2.0 * bits.to(tl.float32)
+
+
+@triton.jit
+def sjlt_targets(rk, r, k_col, out_dim):
+    """Bucket (int32) and sign (float32) of replica ``r`` for row keys ``rk``."""
+    h = words(rk, col_keys(tl.cast(r, tl.uint32), k_col))
+    bucket = ((h >> 1) % out_dim.to(tl.uint32)).to(tl.int32)
+    sign = 1.0 - 2.0 * (h & 1).to(tl.float32)
+    return bucket, sign

@@ -57,8 +57,9 @@ def _import(path: str) -> Callable:
 class Op:
     """An op's forms: the reference callable plus lazily imported kernel launchers.
 
-    ``triton`` is a ``"module:function"`` string; ``cuda`` and ``cpp`` name functions of the
-    compiled CUDA and CPU extension modules (see `fasttda._extension.load`).
+    ``triton`` and ``cuda`` are ``"module:function"`` strings naming Python launchers (the
+    CUDA one is imported only once the CUDA extension has built, see
+    `fasttda._extension.load`); ``cpp`` names a function of the compiled CPU extension.
     """
 
     name: str
@@ -118,8 +119,10 @@ class Op:
             raise BackendUnavailable(f"{self.name}: backend='cuda' needs CUDA tensors, got tensors on {device}")
         from fasttda import _extension
 
-        ext = _extension.load("cuda")  # raises BackendUnavailable with the build error
-        return getattr(ext, self.cuda)
+        _extension.load("cuda")  # raises BackendUnavailable with the build error
+        if "cuda" not in self._cache:
+            self._cache["cuda"] = _import(self.cuda)
+        return self._cache["cuda"]
 
     def _cpp(self, device: torch.device) -> Callable:
         if self.cpp is None:

@@ -24,8 +24,9 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 if not CSRC.is_dir():  # editable install from the source tree: csrc/ sits beside python/
     CSRC = Path(__file__).resolve().parents[2] / "csrc"
 
-CUDA_FLAGS = ["-O3", "--use_fast_math", "-lineinfo", "-std=c++17"]
-CPU_FLAGS = ["-O3", "-std=c++17", "-fopenmp", "-march=native"]
+# The C++ standard is left to torch.utils.cpp_extension, which knows what its headers need.
+CUDA_FLAGS = ["-O3", "-lineinfo"]
+CPU_FLAGS = ["-O3", "-fopenmp", "-march=native"]
 
 _loaded: dict[str, object] = {}
 _failed: dict[str, str] = {}
@@ -104,7 +105,7 @@ def _build(kind: str):
         return cpp_extension.load(
             name=f"fasttda_{kind}_{key}",
             sources=[str(s) for s in sources],
-            extra_cflags=CPU_FLAGS if kind == "cpu" else ["-O3", "-std=c++17"],
+            extra_cflags=CPU_FLAGS if kind == "cpu" else ["-O3"],
             extra_cuda_cflags=CUDA_FLAGS if kind == "cuda" else None,
             extra_ldflags=["-fopenmp"] if kind == "cpu" else None,
             build_directory=str(build_dir),

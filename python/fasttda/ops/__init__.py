@@ -1,23 +1,26 @@
 """The ops: argument checks, dispatch and the pure-PyTorch reference, one module each.
 
-Each op takes ``backend="auto"|"reference"|"triton"|"cuda"`` (see `fasttda._dispatch`).
-Names resolve lazily so that an op's module is imported on first use only.
+Each op takes ``backend="auto"|"reference"|"triton"|"cuda"|"cpp"`` (see `fasttda._dispatch`).
+The op modules import only torch, so importing them here is cheap. Importing them eagerly
+also matters: ``fasttda.ops.project`` is both a module and a function, and an eager
+``from … import`` makes the function win whichever is imported first. Ops still being
+written resolve lazily through ``_LAZY``.
 """
 from __future__ import annotations
 
 import importlib
 
+from fasttda.ops.project import project, projection_matrix
+from fasttda.ops.quantize import dequantize, quantize
+
 _LAZY = {
-    "project": "fasttda.ops.project:project",
-    "projection_matrix": "fasttda.ops.project:projection_matrix",
     "project_factored": "fasttda.ops.project_factored:project_factored",
-    "quantize": "fasttda.ops.quantize:quantize",
-    "dequantize": "fasttda.ops.quantize:dequantize",
+    "project_quantized": "fasttda.ops.project_quantized:project_quantized",
     "score_topk": "fasttda.ops.score:score_topk",
     "score_dense": "fasttda.ops.score:score_dense",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(["dequantize", "project", "projection_matrix", "quantize", *_LAZY])
 
 
 def __getattr__(name: str):

@@ -57,7 +57,10 @@ def project(
     """
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
-    _, impl = PROJECT.resolve(backend, common_device(x))
+    device = common_device(x)
+    name, impl = PROJECT.resolve(backend, device)
+    if name == "cuda" and kind != "rademacher" and backend in (None, "auto"):
+        name, impl = PROJECT.resolve("triton", device)  # the CUDA kernel covers Rademacher only
     return impl(x, out_dim, kind, k_row, k_col, offset, s)
 
 
@@ -185,5 +188,5 @@ def matrix_reference(in_dim, out_dim, kind, k_row, k_col, offset, s, device):
 
 
 PROJECT = Op("project", reference=project_reference, triton="fasttda.kernels.project:launch_project",
-             cuda="project")
+             cuda="fasttda.ops._cuda_launchers:project")
 MATRIX = Op("projection_matrix", reference=matrix_reference, triton="fasttda.kernels.project:launch_matrix")
