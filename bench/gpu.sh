@@ -20,6 +20,7 @@ TEST_LIMIT_S="${TEST_LIMIT_S:-200}"
 BENCH_LIMIT_S="${BENCH_LIMIT_S:-330}"
 BUILD_LIMIT_S="${BUILD_LIMIT_S:-240}"
 SUITES="${BENCH_SUITES:-all}"
+DEVICE="${BENCH_DEVICE:-cuda}"   # cpu only to dry-run this script on a machine without a GPU
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET FASTTDA_BACKEND
 
@@ -45,8 +46,9 @@ if compgen -G ".whl/*.tar.gz" >/dev/null; then
 fi
 
 echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 | tee "$OUT_DIR/tests.log"
-"$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name(0))" 2>&1 | tee -a "$OUT_DIR/tests.log"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv 2>&1 || true; } \
+  | tee "$OUT_DIR/tests.log"
+"$PY" -c "import torch, triton; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" 2>&1 | tee -a "$OUT_DIR/tests.log"
 
 echo "== GPU tests (limit ${TEST_LIMIT_S}s)"
 per_test=""
@@ -60,10 +62,10 @@ if [ -n "$builds_pid" ]; then
   cat "$OUT_DIR/build.log"
 fi
 
-echo "== benchmark: --suite $SUITES --device cuda (limit ${BENCH_LIMIT_S}s)"
+echo "== benchmark: --suite $SUITES --device $DEVICE (limit ${BENCH_LIMIT_S}s)"
 plots="$OUT_DIR/plots"
 mkdir -p "$plots"
-timeout "$BENCH_LIMIT_S" "$PY" -m fasttda.cli bench --suite "$SUITES" --device cuda --out "$plots" ${BENCH_ARGS:-} \
+timeout "$BENCH_LIMIT_S" "$PY" -m fasttda.cli bench --suite "$SUITES" --device "$DEVICE" --out "$plots" ${BENCH_ARGS:-} \
   2>&1 | tee "$OUT_DIR/bench.log"
 bench_rc=${PIPESTATUS[0]}
 mv "$plots"/*.json "$OUT_DIR"/ 2>/dev/null
