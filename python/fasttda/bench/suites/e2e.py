@@ -127,7 +127,7 @@ def _index_and_query(store_cls, score, root, name, feature_batches, query_featur
         store.commit()
     opened = store_cls.open(path)
     try:
-        return score(query_features(), [opened], k=cfg["topk"])
+        return score(query_features(), opened, k=cfg["topk"])
     finally:
         opened.close()
 
