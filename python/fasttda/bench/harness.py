@@ -271,8 +271,8 @@ class BenchContext:
     # -- inputs -------------------------------------------------------------------------
     def randn(self, *shape: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
         """Random normal input on the bench device (never zeros), reproducible by seed."""
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype).to(self.torch_device)
+        g = torch.Generator(device=self.torch_device).manual_seed(seed)
+        return torch.randn(*shape, generator=g, dtype=torch.float32, device=self.torch_device).to(dtype)
 
     def sync(self) -> None:
         if self.device == "cuda":
