@@ -1,0 +1,5 @@
+"""Drop-in adapters for other TDA codebases; each uses fasttda's public API only.
+
+* `fasttda.integrations.trak.FastTDAProjector`: a TRAK projector (TRAK and LESS).
+* `fasttda.integrations.dattri.random_project`: dattri's ``random_project`` contract.
+"""
