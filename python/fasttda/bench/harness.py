@@ -21,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import datetime as _dt
 import gc
+import hashlib
 import math
 import os
 import platform
@@ -208,7 +209,8 @@ def machine_info(device: str) -> dict:
     import fasttda
 
     info = {
-        "hostname_hash": hex(hash(platform.node()) & 0xFFFF),  # distinguishes runs, reveals nothing
+        # tells runs on one machine from runs on another without naming the host
+        "hostname_hash": hashlib.sha256(platform.node().encode()).hexdigest()[:8],
         "platform": platform.platform(),
         "python": platform.python_version(),
         "cpu": _cpu_name(),
