@@ -23,7 +23,6 @@ import datetime as _dt
 import gc
 import math
 import os
-import platform
 import statistics
 import sys
 import threading
