@@ -2,6 +2,7 @@
 """Print the README's performance table (markdown) from the committed bench results.
 
     python bench/make_table.py [RESULTS_DIR_OR_FILES...] [--include-quick] [--all-cases]
+    python bench/make_table.py --update README.md     # rewrite the table between the markers
 
 Per device and suite, the newest full (non --quick) run in bench/results/ that measured
 the suite is used. One row per
@@ -122,13 +123,31 @@ def render(runs: list[dict], all_cases: bool) -> str:
     return "\n".join(lines)
 
 
+START, END = "<!-- bench-table:start -->", "<!-- bench-table:end -->"
+
+
+def update_file(path: Path, table: str) -> None:
+    """Replace what lies between the bench-table markers in ``path`` with ``table``."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{table}\n{END}{tail}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("paths", nargs="*", type=Path, default=[HERE / "results"])
     ap.add_argument("--include-quick", action="store_true", help="also use --quick runs")
     ap.add_argument("--all-cases", action="store_true", help="also fasttda cases without a baseline")
+    ap.add_argument("--update", type=Path, metavar="FILE", help="write the table between the markers in FILE")
     args = ap.parse_args(argv)
-    print(render(load_runs(args.paths, args.include_quick), args.all_cases))
+    table = render(load_runs(args.paths, args.include_quick), args.all_cases)
+    if args.update:
+        update_file(args.update, table)
+    else:
+        print(table)
     return 0
 
 
