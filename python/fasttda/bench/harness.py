@@ -135,9 +135,11 @@ class _PeakMemory:
             self.growth = self.rss.growth
 
 
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS so RSS growth is measurable."""
-    gc.collect()
+def _release_free_memory(collect: bool = False) -> None:
+    """Hand freed heap back to the OS so RSS growth is measurable; ``collect`` also runs
+    the cycle collector first (a quarter second with transformers loaded: once per case)."""
+    if collect:
+        gc.collect()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -343,7 +345,7 @@ class BenchContext:
             return self.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
         finally:
             fn = None
-            _release_free_memory()
+            _release_free_memory(collect=not self.quick)
             if self.device == "cuda":
                 torch.cuda.empty_cache()
         return self.case(suite=suite, name=name, impl=impl, params=params, timing=timing,
@@ -369,7 +371,7 @@ class BenchContext:
         out["matmul_tflops"] = out[f"matmul_{str(dtypes[0]).split('.')[-1]}_tflops"]
         self.ceilings = out
         del src, dst
-        _release_free_memory()
+        _release_free_memory(collect=True)
         return out
 
 
@@ -452,7 +454,7 @@ def run_suites(names: Iterable[str], ctx: BenchContext, modules: dict[str, Calla
                             "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc()[-4000:]}
             ctx.log(f"  suite {name} FAILED: {type(exc).__name__}: {exc}")
-        _release_free_memory()
+        _release_free_memory(collect=True)
     info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "schema_version": SCHEMA_VERSION,
