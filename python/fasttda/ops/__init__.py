@@ -11,16 +11,17 @@ from __future__ import annotations
 import importlib
 
 from fasttda.ops.project import project, projection_matrix
+from fasttda.ops.project_factored import factored_seeds, project_factored
+from fasttda.ops.project_quantized import QuantizedRows, project_quantized
 from fasttda.ops.quantize import dequantize, quantize
 
 _LAZY = {
-    "project_factored": "fasttda.ops.project_factored:project_factored",
-    "project_quantized": "fasttda.ops.project_quantized:project_quantized",
     "score_topk": "fasttda.ops.score:score_topk",
     "score_dense": "fasttda.ops.score:score_dense",
 }
 
-__all__ = sorted(["dequantize", "project", "projection_matrix", "quantize", *_LAZY])
+__all__ = sorted(["QuantizedRows", "dequantize", "factored_seeds", "project", "project_factored",
+                  "project_quantized", "projection_matrix", "quantize", *_LAZY])
 
 
 def __getattr__(name: str):

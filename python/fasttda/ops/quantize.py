@@ -16,6 +16,13 @@ int4       uint8, two per byte: column absmax / 7; nibble = q + 8, q in [-7, 7];
 
 A row of zeros gets scale 0 and dequantizes to zeros. Non-finite input is rejected
 with the offending row indices: a store never holds NaN.
+
+Scaled formats compute ``scale = absmax / qmax`` and encode ``x / scale`` (a true
+division, not a multiply by ``1 / scale``: the inverse of a subnormal scale, i.e. a row
+with absmax below ~1e-36, overflows to inf). A row so small that its scale underflows to
+0 (absmax below ~1e-43) is stored as zeros with scale 0. int8/int4 round half to even.
+
+The Triton form (``kernels/quantize.py``) is bitwise equal to this reference.
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
 FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SCALED_QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
 FP16_MAX = 65504.0
+BF16_MAX = 3.3895313892515355e38  # larger float32 values round to inf in bfloat16
 
 
 def storage_dtype(fmt: str) -> torch.dtype:
@@ -65,13 +73,27 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         raise ValueError(f"x must be a 2-D tensor [N, d], got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()
+    bad = nonfinite_rows(x)
     if bad.numel():
         raise ValueError(f"x has non-finite values in rows {bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}")
     if fmt == "fp16" and x.numel() and x.abs().max() > FP16_MAX:
         raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
+    if fmt == "bf16" and x.dtype == torch.float32 and x.numel() and x.abs().max() > BF16_MAX:
+        raise ValueError("x has values beyond the bf16 range ±3.39e38 (they would round to inf); use a scaled format")
     _, impl = QUANTIZE.resolve(backend, common_device(x))
     return impl(x, fmt)
+
+
+def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows of ``x`` holding NaN or ±inf.
+
+    A row sum propagates NaN/inf and is a fast vectorized reduction; the few rows whose
+    sum is not finite (including finite rows whose sum overflows) are then checked exactly.
+    """
+    suspect = (~torch.isfinite(x.sum(dim=1, dtype=torch.float32))).nonzero().flatten()
+    if not suspect.numel():
+        return suspect
+    return suspect[~torch.isfinite(x[suspect]).all(dim=1)]
 
 
 def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim: int | None = None,
@@ -103,11 +125,12 @@ def quantize_reference(x, fmt):
         return x.to(FLOAT_FORMATS[fmt]).contiguous(), None
     x = x.to(torch.float32)
     qmax = SCALED_QMAX[fmt]
-    scale = x.abs().amax(dim=1) / qmax
-    inv = torch.where(scale > 0, 1.0 / scale, torch.zeros_like(scale))[:, None]
+    low, high = torch.aminmax(x, dim=1)
+    scale = torch.maximum(high, -low) / qmax  # = x.abs().amax(1) / qmax, without an |x| copy
+    y = x / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
     if fmt == "fp8_e4m3":
-        return (x * inv).clamp(-qmax, qmax).to(FP8).contiguous(), scale
-    q = torch.round(x * inv).clamp(-qmax, qmax)
+        return y.clamp_(-qmax, qmax).to(FP8).contiguous(), scale
+    q = y.round_().clamp_(-qmax, qmax)
     if fmt == "int8":
         return q.to(torch.int8).contiguous(), scale
     if q.shape[1] % 2:

@@ -1,0 +1,110 @@
+"""Triton kernel for `fasttda.ops.project_quantized`: projection, norms and quantization in one pass.
+
+Program b owns rows ``[b * BLOCK_B, (b + 1) * BLOCK_B)`` and *all* ``out_dim`` columns
+(padded to ``K_PAD``, a power of two): it walks D, generating the ``[BLOCK_D, K_PAD]``
+tile of P from the counter hash (as `kernels.project` does) and accumulating
+``[BLOCK_B, K_PAD]`` in registers. With whole rows in registers, the row's absmax, L2
+norm and scale are reduced in place and only quantized bytes, scales and norms are
+stored. Encoding reuses `kernels.quantize`'s bit-exact helpers, so for the same float32
+projection the stored bytes are those of ``quantize_reference``.
+
+Registers bound the fused width: ``out_dim <= FUSED_MAX_DIM``. Wider rows and SJLT run
+`launch_project` then `launch_quantize` (one float32 ``[B, out_dim]`` buffer).
+FUSED_MAX_DIM and the block sizes are untuned first choices for a GPU.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from fasttda.kernels._counter_hash import gaussian_tile, rademacher_tile_packed, row_keys
+from fasttda.kernels.project import _dot_dtype, _scale, launch_project
+from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, bf16_bits, fp8_e4m3_bits,
+                                      launch_quantize, round_half_even, stored_width)
+
+FUSED_MAX_DIM = 2048
+
+
+@triton.jit
+def _project_quantize_kernel(
+    x_ptr, data_ptr, scale_ptr, norm_ptr, B, D, K, W, stride_xb, stride_xd, offset, k_row, k_col, jl_scale,
+    GAUSSIAN: tl.constexpr, FMT: tl.constexpr, QMAX: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, K_PAD: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, K_PAD)
+    acc = tl.zeros((BLOCK_B, K_PAD), dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        d = d0 + tl.arange(0, BLOCK_D)
+        x = tl.load(
+            x_ptr + rows[:, None].to(tl.int64) * stride_xb + d[None, :].to(tl.int64) * stride_xd,
+            mask=(rows[:, None] < B) & (d[None, :] < D), other=0.0,
+        )
+        rk = row_keys(d.to(tl.int64) + offset, k_row)
+        if GAUSSIAN:
+            p = gaussian_tile(rk, cols, k_col)
+        else:
+            p = rademacher_tile_packed(rk, 0, K_PAD // 32, k_col)
+        acc += tl.dot(x.to(DOT_DTYPE), p.to(DOT_DTYPE))
+    y = tl.where(cols[None, :] < K, acc * jl_scale, 0.0)
+    tl.store(norm_ptr + rows, tl.sqrt(tl.sum(y * y, axis=1)), mask=rows < B)
+
+    row_ok = rows[:, None] < B
+    out_rows = data_ptr + rows[:, None].to(tl.int64) * W
+    if FMT < 3:
+        if FMT == 0:
+            q = y
+        elif FMT == 1:
+            q = bf16_bits(y)
+        else:
+            q = y.to(tl.float16)
+        tl.store(out_rows + cols[None, :], q, mask=row_ok & (cols[None, :] < K))
+    else:
+        scale = tl.max(tl.abs(y), axis=1) / QMAX
+        tl.store(scale_ptr + rows, scale, mask=rows < B)
+        safe = tl.where(scale > 0, scale, 1.0)[:, None]
+        if FMT == 5:
+            # pair columns 2j, 2j+1 through a [BLOCK_B, K_PAD / 2, 2] view of the row
+            q = tl.minimum(tl.maximum(round_half_even(y / safe), -QMAX), QMAX)
+            lo, hi = tl.split(tl.reshape(q, (BLOCK_B, K_PAD // 2, 2)))
+            packed = (lo + 8.0).to(tl.int32) | ((hi + 8.0).to(tl.int32) << 4)
+            j = tl.arange(0, K_PAD // 2)
+            tl.store(out_rows + j[None, :], packed.to(tl.uint8), mask=row_ok & (j[None, :] < W))
+        else:
+            if FMT == 3:
+                q = tl.minimum(tl.maximum(round_half_even(y / safe), -QMAX), QMAX).to(tl.int8)
+            else:
+                q = fp8_e4m3_bits(tl.minimum(tl.maximum(y / safe, -QMAX), QMAX))
+            tl.store(out_rows + cols[None, :], q, mask=row_ok & (cols[None, :] < K))
+
+
+def fused(kind: str, out_dim: int) -> bool:
+    return kind != "sjlt" and out_dim <= FUSED_MAX_DIM
+
+
+def launch_project_quantized(x, out_dim, fmt, kind, k_row, k_col, offset, s):
+    if not fused(kind, out_dim):
+        y = launch_project(x, out_dim, kind, k_row, k_col, offset, s)
+        norms = torch.linalg.vector_norm(y, dim=1)
+        if not bool(torch.isfinite(y).all()):
+            return y, None, norms  # the op names the rows
+        data, scale = launch_quantize(y, fmt)
+        return data, scale, norms
+    B, D = x.shape
+    W = stored_width(fmt, out_dim)
+    raw = torch.empty(B, W, dtype=RAW_DTYPE[fmt], device=x.device)
+    scale = torch.empty(B, dtype=torch.float32, device=x.device) if fmt in SCALED_QMAX else None
+    norms = torch.empty(B, dtype=torch.float32, device=x.device)
+    interpreted = x.device.type == "cpu"
+    BLOCK_B = 16
+    BLOCK_D = 32 if interpreted else 16
+    gaussian = kind == "gaussian"
+    k_pad = max(32, triton.next_power_of_2(out_dim))
+    # spread the [BLOCK_B, K_PAD] accumulator and P tile over more threads as rows widen
+    options = {} if interpreted else {"enable_fp_fusion": False, "num_warps": min(16, max(4, k_pad // 128))}
+    _project_quantize_kernel[(triton.cdiv(B, BLOCK_B),)](
+        x, raw, norms if scale is None else scale, norms, B, D, out_dim, W, x.stride(0), x.stride(1), offset,
+        k_row, k_col, _scale(kind, out_dim, s),
+        GAUSSIAN=gaussian, FMT=FMT_CODE[fmt], QMAX=SCALED_QMAX.get(fmt, 1.0), BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D,
+        K_PAD=k_pad, DOT_DTYPE=_dot_dtype(x, gaussian), **options,
+    )
+    return _view_stored(raw, fmt), scale, norms
