@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from fasttda.bench import anchors
-from fasttda.bench.suites._common import usable_backends
+from fasttda.bench.suites._common import AnchorMissing, fasttda_attr, missing_all, usable_backends
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -34,6 +34,8 @@ def run(ctx) -> list[dict]:
     results = []
     for shape in shapes(ctx):
         results += dense_cases(ctx, **shape)
+    if ctx.quick or ctx.device == "cuda":  # on CPU the fused op is the two ops back to back
+        results += fused_quantize_cases(ctx, **shapes(ctx)[0])
     sjlt_shape = dict(B=8, D=1 << 14, k=256, s=1) if ctx.quick else dict(B=32, D=1 << 20, k=4096, s=1)
     results += sjlt_cases(ctx, **sjlt_shape)
     return results
@@ -139,3 +141,26 @@ def sparse_sjlt_transposed(D: int, k: int, s: int, *, seed: int) -> torch.Tensor
     coo = torch.sparse_coo_tensor(torch.stack((bucket.reshape(-1), cols.reshape(-1))), sign.reshape(-1) / s ** 0.5,
                                   (k, D), check_invariants=False).coalesce()
     return coo.to_sparse_csr()
+
+
+def fused_quantize_cases(ctx, B, D, k, fmt: str = "int8") -> list[dict]:
+    """`ops.project_quantized` (project, per-row scale and int8 in one pass) vs the two ops."""
+    import fasttda.ops as ops
+
+    params = dict(B=B, D=D, k=k, kind="rademacher", fmt=fmt)
+    name, two_ops = "dense_jl+quantize", "fasttda.project+quantize"
+    try:
+        project_quantized = fasttda_attr("fasttda.ops", "project_quantized")
+    except AnchorMissing as exc:
+        return missing_all(ctx, SUITE, name, ["fasttda.project_quantized"], params, str(exc))
+    xs = _inputs(ctx, B, D, 3 if ctx.device == "cuda" else 1)
+    common = dict(suite=SUITE, name=name, params=params, rotate=xs, flops=2 * B * D * k,
+                  bytes_moved=4 * B * D + B * (k + 8))
+    out = [ctx.measure(lambda x: ops.quantize(ops.project(x, k), fmt), impl=two_ops, **common)]
+    backends, missing = usable_backends(ctx, SUITE, name, params,
+                                        lambda b: project_quantized(xs[0][:, :64], 8, fmt, backend=b),
+                                        "fasttda.project_quantized")
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: project_quantized(x, k, fmt, backend=b),
+                               impl=f"fasttda.project_quantized[{backend}]", baseline=two_ops, **common))
+    return out + missing
