@@ -23,9 +23,7 @@ import datetime as _dt
 import gc
 import math
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -34,6 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
+
+from fasttda.bench.machine import device_slug, machine_info  # noqa: F401 (part of this module's API)
 
 SCHEMA_VERSION = 1
 DEVICES = ("cpu", "cuda")
@@ -135,9 +135,11 @@ class _PeakMemory:
             self.growth = self.rss.growth
 
 
-def _release_free_memory() -> None:
-    """Collect garbage and hand freed heap back to the OS so RSS growth is measurable."""
-    gc.collect()
+def _release_free_memory(collect: bool = False) -> None:
+    """Hand freed heap back to the OS so RSS growth is measurable; ``collect`` also runs
+    the cycle collector first (a quarter second with transformers loaded: once per case)."""
+    if collect:
+        gc.collect()
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -170,87 +172,6 @@ class _Calls:
         return self.fn(self.arg)
 
 
-# -- machine facts --------------------------------------------------------------------------
-def _git_commit() -> dict:
-    root = Path(__file__).resolve().parents[3]
-    info: dict[str, Any] = {"commit": None, "dirty": None}
-    try:
-        info["commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                        text=True, timeout=10, check=True).stdout.strip() or None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10, check=True).stdout
-        info["dirty"] = bool(status.strip())
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return info
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _version(module: str) -> str | None:
-    try:
-        mod = __import__(module)
-    except Exception:
-        return None
-    return getattr(mod, "__version__", "unknown")
-
-
-def machine_info(device: str) -> dict:
-    import fasttda
-
-    info = {
-        "hostname_hash": hex(hash(platform.node()) & 0xFFFF),  # distinguishes runs, reveals nothing
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": _cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "memory_bytes": _total_memory(),
-        "loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "fasttda": fasttda.__version__,
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "cuda": torch.version.cuda,
-        "device": device,
-        "device_name": _cpu_name(),
-        "git": _git_commit(),
-    }
-    if device == "cuda":
-        props = torch.cuda.get_device_properties(0)
-        info.update(device_name=props.name, gpu_memory_bytes=props.total_memory,
-                    gpu_sm_count=props.multi_processor_count,
-                    gpu_capability=f"{props.major}.{props.minor}")
-    return info
-
-
-def _total_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def device_slug(info: dict) -> str:
-    """A short file-name-safe device label: 'h100-80gb-hbm3', 'cpu-2cores-intel-xeon'."""
-    if info["device"] == "cuda":
-        name = info["device_name"].lower().replace("nvidia", "")
-    else:
-        name = f"cpu-{info['cpu_count']}cores-" + " ".join(info["cpu"].lower().split()[:3])
-    slug = "".join(c if c.isalnum() else "-" for c in name)
-    while "--" in slug:
-        slug = slug.replace("--", "-")
-    return slug.strip("-") or info["device"]
-
-
 # -- the context ----------------------------------------------------------------------------
 class BenchContext:
     """What a suite gets: the device, quick mode, a timer and the case builders."""
@@ -271,8 +192,8 @@ class BenchContext:
     # -- inputs -------------------------------------------------------------------------
     def randn(self, *shape: int, dtype=torch.float32, seed: int = 0) -> torch.Tensor:
         """Random normal input on the bench device (never zeros), reproducible by seed."""
-        g = torch.Generator().manual_seed(seed)
-        return torch.randn(*shape, generator=g, dtype=torch.float32).to(dtype).to(self.torch_device)
+        g = torch.Generator(device=self.torch_device).manual_seed(seed)
+        return torch.randn(*shape, generator=g, dtype=torch.float32, device=self.torch_device).to(dtype)
 
     def sync(self) -> None:
         if self.device == "cuda":
@@ -298,7 +219,7 @@ class BenchContext:
             if repeats < 1:
                 raise ValueError(f"repeats must be >= 1, got {repeats}")
             return repeats
-        budget_s, most = (0.5, 10) if self.quick else (3.0, 50)
+        budget_s, most = (0.15, 5) if self.quick else (3.0, 50)
         return int(min(most, max(3, budget_s / max(first_call_s, 1e-6))))
 
     def _timeit_cpu(self, calls: _Calls, warmup: int | None, repeats: int | None) -> dict:
@@ -424,7 +345,7 @@ class BenchContext:
             return self.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
         finally:
             fn = None
-            _release_free_memory()
+            _release_free_memory(collect=not self.quick)
             if self.device == "cuda":
                 torch.cuda.empty_cache()
         return self.case(suite=suite, name=name, impl=impl, params=params, timing=timing,
@@ -450,7 +371,7 @@ class BenchContext:
         out["matmul_tflops"] = out[f"matmul_{str(dtypes[0]).split('.')[-1]}_tflops"]
         self.ceilings = out
         del src, dst
-        _release_free_memory()
+        _release_free_memory(collect=True)
         return out
 
 
@@ -517,7 +438,15 @@ def run_suites(names: Iterable[str], ctx: BenchContext, modules: dict[str, Calla
         ctx.log(f"== suite {name}")
         t0 = time.perf_counter()
         try:
-            cases = list(modules[name]().run(ctx))
+            module = modules[name]()
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("fasttda.bench.suites"):
+                raise
+            results.append(ctx.missing(suite=name, impl="*", reason=f"suite not in this build: {exc}"))
+            suites[name] = {"status": "missing", "seconds": time.perf_counter() - t0, "cases": 0}
+            continue
+        try:
+            cases = list(module.run(ctx))
             suites[name] = {"status": "ok", "seconds": time.perf_counter() - t0, "cases": len(cases)}
             results.extend(cases)
         except Exception as exc:  # one broken suite never hides the others
@@ -525,7 +454,7 @@ def run_suites(names: Iterable[str], ctx: BenchContext, modules: dict[str, Calla
                             "error": f"{type(exc).__name__}: {exc}",
                             "traceback": traceback.format_exc()[-4000:]}
             ctx.log(f"  suite {name} FAILED: {type(exc).__name__}: {exc}")
-        _release_free_memory()
+        _release_free_memory(collect=True)
     info["loadavg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return {
         "schema_version": SCHEMA_VERSION,

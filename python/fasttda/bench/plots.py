@@ -53,7 +53,8 @@ def plot_suite(report: dict, suite: str, path: str | os.PathLike) -> Path | None
     machine = report["machine"]
     ax.set_title(f"fasttda bench: {suite} on {machine['device_name']} ({report['created_utc'][:10]})"
                  + (" [quick]" if report["config"]["quick"] else ""), fontsize=9)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if impls:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if missing:
         names = sorted({r["impl"] for r in missing})
         fig.text(0.01, 0.005, "missing: " + ", ".join(names), fontsize=6, wrap=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Callable
 
 from fasttda.bench.anchors import AnchorMissing
@@ -10,7 +11,10 @@ from fasttda.bench.anchors import AnchorMissing
 def fasttda_attr(module: str, attr: str):
     """``module.attr`` from fasttda, or `AnchorMissing` when this build does not have it."""
     try:
-        return getattr(importlib.import_module(module), attr)
+        value = getattr(importlib.import_module(module), attr)
+        if inspect.ismodule(value):  # a submodule of the same name shadowing a lazy export
+            value = getattr(value, attr)
+        return value
     except (ImportError, AttributeError) as exc:
         raise AnchorMissing(f"{module}.{attr} is not in this fasttda build ({type(exc).__name__}: {exc})") from exc
 

@@ -32,7 +32,7 @@ def config(ctx) -> dict:
     if ctx.quick:
         return dict(N=16, Q=4, T=16, batch=8, k_proj=128, topk=5, n_layer=1, n_embd=32, vocab=128)
     if ctx.device == "cuda":
-        return dict(N=2048, Q=64, T=128, batch=32, k_proj=4096, topk=10, n_layer=4, n_embd=256, vocab=8192)
+        return dict(N=512, Q=32, T=128, batch=32, k_proj=4096, topk=10, n_layer=4, n_embd=256, vocab=8192)
     return dict(N=256, Q=8, T=32, batch=16, k_proj=1024, topk=10, n_layer=2, n_embd=64, vocab=512)
 
 
@@ -127,7 +127,7 @@ def _index_and_query(store_cls, score, root, name, feature_batches, query_featur
         store.commit()
     opened = store_cls.open(path)
     try:
-        return score(query_features(), [opened], k=cfg["topk"])
+        return score(query_features(), opened, k=cfg["topk"])
     finally:
         opened.close()
 

@@ -60,14 +60,14 @@ def logix_outer_products(p_in, p_out):
 def two_matmul(p_in, p_out):
     def fn(inputs):
         x, dy = inputs
-        return torch.bmm((dy @ p_out).transpose(1, 2), x @ p_in).flatten(1)
+        return ((dy @ p_out).transpose(1, 2) @ (x @ p_in)).flatten(1)
     return fn
 
 
 def full_gradient(p_in, p_out):
     def fn(inputs):
         x, dy = inputs
-        grad = torch.bmm(dy.transpose(1, 2), x)  # [B, d_out, d_in], the per-example gradient
+        grad = dy.transpose(1, 2) @ x  # [B, d_out, d_in], the per-example gradient
         return (p_out.T @ grad @ p_in).flatten(1)
     return fn
 

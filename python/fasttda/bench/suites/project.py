@@ -15,6 +15,7 @@ import warnings
 import torch
 
 from fasttda.bench import anchors
+from fasttda.bench.suites._common import AnchorMissing, fasttda_attr, missing_all, usable_backends
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 
@@ -29,24 +30,12 @@ def shapes(ctx) -> list[dict]:
     return [dict(B=32, D=1 << 18, k=2048)]
 
 
-def fasttda_backends(ctx) -> list[str]:
-    if ctx.device == "cuda":
-        return ["triton", "cuda"]
-    backends = ["reference"]
-    try:  # an optional compiled CPU backend, where the dispatch offers one
-        from fasttda import _dispatch
-
-        if "cpp" in getattr(_dispatch, "BACKENDS", ()):
-            backends.append("cpp")
-    except ImportError:
-        pass
-    return backends
-
-
 def run(ctx) -> list[dict]:
     results = []
     for shape in shapes(ctx):
         results += dense_cases(ctx, **shape)
+    if ctx.quick or ctx.device == "cuda":  # on CPU the fused op is the two ops back to back
+        results += fused_quantize_cases(ctx, **shapes(ctx)[0])
     sjlt_shape = dict(B=8, D=1 << 14, k=256, s=1) if ctx.quick else dict(B=32, D=1 << 20, k=4096, s=1)
     results += sjlt_cases(ctx, **sjlt_shape)
     return results
@@ -79,16 +68,13 @@ def dense_cases(ctx, B, D, k) -> list[dict]:
     out.append(anchor_case(dattri_impl, anchors.dattri_projector,
                            extra_bytes=4 * D * k if ctx.device == "cuda" else 0))
 
-    for backend in fasttda_backends(ctx):
-        impl = f"fasttda.project[{backend}]"
-        try:
-            ops.project(xs[0][:, :64], 8, backend=backend)  # available here at all?
-        except Exception as exc:
-            out.append(ctx.missing(suite=SUITE, name="dense_jl", impl=impl, params=params,
-                                   reason=f"{type(exc).__name__}: {exc}"[:500]))
-            continue
-        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, seed=0, backend=b), impl=impl, rotate=xs,
-                               bytes_moved=io_bytes, baseline=baseline, **common))
+    backends, missing = usable_backends(ctx, SUITE, "dense_jl", params,
+                                        lambda b: ops.project(xs[0][:, :64], 8, backend=b), "fasttda.project")
+    out += missing
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, seed=0, backend=b),
+                               impl=f"fasttda.project[{backend}]", rotate=xs, bytes_moved=io_bytes,
+                               baseline=baseline, **common))
 
     out.append(materialized_matmul_case(ctx, xs, B, D, k, params, baseline))
     return out
@@ -130,18 +116,51 @@ def sjlt_cases(ctx, B, D, k, s) -> list[dict]:
                                impl="dattri.CudaProjector", rotate=xs, baseline=baseline, **common))
     else:
         def build_sparse():  # P^T as CSR, built outside the timing: y = (P^T @ x^T)^T
-            p_t = ops.projection_matrix(D, k, kind="sjlt", s=s).t().contiguous().to_sparse_csr()
+            p_t = sparse_sjlt_transposed(D, k, s, seed=0)
             return lambda x: torch.sparse.mm(p_t, x.t()).t()
 
         out.append(ctx.measure(build=build_sparse, impl="torch.sparse[materialized P]", rotate=xs, **common))
-    for backend in fasttda_backends(ctx):
-        impl = f"fasttda.project[{backend}]"
-        try:
-            ops.project(xs[0][:, :64], 8, kind="sjlt", backend=backend)
-        except Exception as exc:
-            out.append(ctx.missing(suite=SUITE, name="sjlt", impl=impl, params=params,
-                                   reason=f"{type(exc).__name__}: {exc}"[:500]))
-            continue
-        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, kind="sjlt", s=s, backend=b), impl=impl,
-                               rotate=xs, baseline=baseline, **common))
+    backends, missing = usable_backends(ctx, SUITE, "sjlt", params,
+                                        lambda b: ops.project(xs[0][:, :64], 8, kind="sjlt", backend=b),
+                                        "fasttda.project")
+    out += missing
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, kind="sjlt", s=s, backend=b),
+                               impl=f"fasttda.project[{backend}]", rotate=xs, baseline=baseline, **common))
     return out
+
+
+def sparse_sjlt_transposed(D: int, k: int, s: int, *, seed: int) -> torch.Tensor:
+    """fasttda's SJLT matrix, transposed to ``[k, D]`` CSR, built sparse (D·s entries, never D·k)."""
+    from fasttda.ops import _counter_hash as ch
+    from fasttda.ops.project import sjlt_targets
+
+    k_row, k_col = ch.seed_keys(seed, "sjlt")
+    bucket, sign = sjlt_targets(0, D, k, s, k_row, k_col, torch.device("cpu"))
+    cols = torch.arange(D)[:, None].expand(-1, s)
+    coo = torch.sparse_coo_tensor(torch.stack((bucket.reshape(-1), cols.reshape(-1))), sign.reshape(-1) / s ** 0.5,
+                                  (k, D), check_invariants=False).coalesce()
+    return coo.to_sparse_csr()
+
+
+def fused_quantize_cases(ctx, B, D, k, fmt: str = "int8") -> list[dict]:
+    """`ops.project_quantized` (project, per-row scale and int8 in one pass) vs the two ops."""
+    import fasttda.ops as ops
+
+    params = dict(B=B, D=D, k=k, kind="rademacher", fmt=fmt)
+    name, two_ops = "dense_jl+quantize", "fasttda.project+quantize"
+    try:
+        project_quantized = fasttda_attr("fasttda.ops", "project_quantized")
+    except AnchorMissing as exc:
+        return missing_all(ctx, SUITE, name, ["fasttda.project_quantized"], params, str(exc))
+    xs = _inputs(ctx, B, D, 3 if ctx.device == "cuda" else 1)
+    common = dict(suite=SUITE, name=name, params=params, rotate=xs, flops=2 * B * D * k,
+                  bytes_moved=4 * B * D + B * (k + 8))
+    out = [ctx.measure(lambda x: ops.quantize(ops.project(x, k), fmt), impl=two_ops, **common)]
+    backends, missing = usable_backends(ctx, SUITE, name, params,
+                                        lambda b: project_quantized(xs[0][:, :64], 8, fmt, backend=b),
+                                        "fasttda.project_quantized")
+    for backend in backends:
+        out.append(ctx.measure(lambda x, b=backend: project_quantized(x, k, fmt, backend=b),
+                               impl=f"fasttda.project_quantized[{backend}]", baseline=two_ops, **common))
+    return out + missing

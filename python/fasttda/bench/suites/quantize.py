@@ -18,7 +18,7 @@ QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
 
 
 def run(ctx) -> list[dict]:
-    N, d = (4096, 256) if ctx.quick else ((1 << 20, 1024) if ctx.device == "cuda" else (1 << 16, 1024))
+    N, d = (2048, 128) if ctx.quick else ((1 << 20, 1024) if ctx.device == "cuda" else (1 << 16, 1024))
     xs = [ctx.randn(N, d, seed=300 + i) for i in range(3 if ctx.device == "cuda" else 1)]
     out = []
     for fmt in FORMATS:
