@@ -3,5 +3,5 @@
 A suite is a module ``fasttda.bench.suites.<name>`` exposing
 ``run(ctx: fasttda.bench.harness.BenchContext) -> list[dict]``; each dict is one case
 (op, backend or baseline, shape, median seconds, spread, peak memory, bytes, flops, and
-``ratio_vs`` naming the baseline measured in the same run).
+``baseline`` naming the impl it is compared with, measured in the same run; see harness.py).
 """

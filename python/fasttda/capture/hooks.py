@@ -92,7 +92,11 @@ class CaptureHooks:
     def attach(self) -> "CaptureHooks":
         if self._handles:
             raise RuntimeError("CaptureHooks are already attached")
-        if getattr(self.model, "is_gradient_checkpointing", False) and self.model.training:
+        # transformers ≥ 5 renamed the flag and warns on the old name; ask the new one first.
+        checkpointing = getattr(self.model, "is_activation_checkpointing", None)
+        if checkpointing is None:
+            checkpointing = getattr(self.model, "is_gradient_checkpointing", False)
+        if checkpointing and self.model.training:
             raise ValueError("gradient checkpointing is on and the model is in training mode: the recomputed "
                              "forward would be captured twice; call model.gradient_checkpointing_disable() "
                              "or model.eval() (GradientCapture does the latter)")

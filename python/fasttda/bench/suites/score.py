@@ -1,0 +1,201 @@
+"""Suite `score`: top-k inner products of Q queries against N stored rows, per store format.
+
+fasttda's `ops.score_topk` (fused scan, per-row scales, streaming top-k) per format against:
+
+* ``torch.topk(q@R.T)``: the full Q × N score matrix, then top-k (what most anchors do);
+* ``torch.chunked``: 64k-row chunks, each dequantized to float32 when the format is not
+  fp32, matmul, top-k per chunk, merged (the best plain-PyTorch streaming scan);
+* ``faiss.IndexFlatIP`` (fp32) and ``faiss.IndexScalarQuantizer`` QT_8bit (int8), exhaustive.
+
+The impl name carries the format (``fasttda.score_topk[int8]``); every fasttda case is
+compared with ``torch.topk(q@R.T)[fp32]``, and `extra.recall` gives the overlap of its
+top-k with the exact float32 top-k. FLOPs 2·Q·N·d; bytes: the stored rows (data + scales)
+read once plus the queries and results.
+"""
+from __future__ import annotations
+
+import inspect
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from fasttda.bench import anchors
+from fasttda.bench.suites._common import AnchorMissing, fasttda_attr, missing_all, usable_backends
+from fasttda.bench.suites.quantize import torch_dequantize, torch_quantize
+
+SUITE = "score"
+FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
+CHUNK_ROWS = 1 << 16
+BASELINE = "torch.topk(q@R.T)[fp32]"
+STORE_FORMATS = ("fp32", "int8", "int4")  # also scanned from an on-disk FeatureStore
+
+
+def config(ctx) -> dict:
+    if ctx.quick:
+        return dict(N=20_000, d=128, Qs=(1, 8), k=10)
+    return dict(N=500_000, d=1024, Qs=(1, 32, 256), k=100)
+
+
+def run(ctx) -> list[dict]:
+    cfg = config(ctx)
+    N, d, k = cfg["N"], cfg["d"], cfg["k"]
+    rows = ctx.randn(N, d, seed=600)
+    queries = {Q: [ctx.randn(Q, d, seed=700 + 10 * Q + i) for i in range(3 if ctx.device == "cuda" else 1)]
+               for Q in cfg["Qs"]}
+    exact = {Q: torch.topk(qs[0] @ rows.T, k, dim=1).indices for Q, qs in queries.items()}
+    out = []
+    for Q, qs in queries.items():
+        out += fp32_baselines(ctx, rows, qs, k)
+    norms = rows.norm(dim=1)
+    root = Path(tempfile.mkdtemp(prefix="fasttda-bench-score-"))
+    try:
+        for fmt in FORMATS:
+            stored = store_rows(rows, fmt)
+            for Q, qs in queries.items():
+                out += format_cases(ctx, stored, fmt, qs, k, exact[Q], d)
+            if fmt in STORE_FORMATS:
+                out += store_cases(ctx, stored, norms, fmt, queries, k, exact, d, root)
+            del stored
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def _params(N, d, Q, k) -> dict:
+    return dict(N=N, d=d, Q=Q, k=k)
+
+
+def _cost(N, d, Q, k, row_bytes: float) -> dict:
+    return dict(flops=2 * Q * N * d, bytes_moved=int(N * row_bytes + 4 * Q * d + 12 * Q * k))
+
+
+def store_rows(rows: torch.Tensor, fmt: str) -> dict:
+    """The rows as a store holds them: fasttda's quantize if present, else eager torch's."""
+    if fmt == "fp32":
+        return dict(data=rows, scale=None, by="none")
+    try:
+        quantize = fasttda_attr("fasttda.ops", "quantize")
+        data, scale = quantize(rows, fmt)
+        return dict(data=data, scale=scale, by="fasttda")
+    except AnchorMissing:
+        data, scale = torch_quantize(rows, fmt)
+        return dict(data=data, scale=scale, by="torch")
+
+
+def chunked_topk(data, scale, fmt, d, k):
+    """Plain-PyTorch streaming scan: dequantize a chunk, matmul, top-k, merge."""
+    def fn(q):
+        best_v = best_i = None
+        for lo in range(0, data.shape[0], CHUNK_ROWS):
+            chunk = data[lo:lo + CHUNK_ROWS]
+            rows = chunk if fmt == "fp32" else torch_dequantize(chunk, None if scale is None else
+                                                                scale[lo:lo + CHUNK_ROWS], fmt, d)
+            v, i = torch.topk(q @ rows.T, min(k, rows.shape[0]), dim=1)
+            i += lo
+            if best_v is not None:
+                v, j = torch.topk(torch.cat((best_v, v), 1), k, dim=1)
+                i = torch.gather(torch.cat((best_i, i), 1), 1, j)
+            best_v, best_i = v, i
+        return best_v, best_i
+    return fn
+
+
+def fp32_baselines(ctx, rows, qs, k) -> list[dict]:
+    N, d = rows.shape
+    Q = qs[0].shape[0]
+    params = _params(N, d, Q, k)
+    cost = _cost(N, d, Q, k, 4 * d)
+    common = dict(suite=SUITE, name="topk", params=params, rotate=qs, **cost)
+    out = [ctx.measure(lambda q: torch.topk(q @ rows.T, k, dim=1), impl=BASELINE, **common),
+           ctx.measure(chunked_topk(rows, None, "fp32", d, k), impl="torch.chunked[fp32]", baseline=BASELINE,
+                       **common)]
+    if ctx.device == "cpu":  # faiss-cpu searches host memory; the GPU build is another package
+        out.append(ctx.measure(build=lambda: anchors.faiss_flat_ip(rows, k), impl="faiss.IndexFlatIP[fp32]",
+                               baseline=BASELINE, **common))
+    else:
+        out.append(ctx.missing(suite=SUITE, name="topk", impl="faiss.IndexFlatIP[fp32]", params=params,
+                               reason="faiss-cpu searches host memory; faiss-gpu is not a dependency"))
+    return out
+
+
+def format_cases(ctx, stored, fmt, qs, k, exact, d) -> list[dict]:
+    data, scale = stored["data"], stored["scale"]
+    N, Q = data.shape[0], qs[0].shape[0]
+    params = _params(N, d, Q, k)
+    row_bytes = data.element_size() * data.shape[1] + (4 if scale is not None else 0)
+    common = dict(suite=SUITE, name="topk", params=params, rotate=qs, baseline=BASELINE,
+                  **_cost(N, d, Q, k, row_bytes))
+    out = []
+    if fmt != "fp32":
+        out.append(ctx.measure(chunked_topk(data, scale, fmt, d, k), impl=f"torch.chunked[{fmt}]", **common))
+    if fmt == "int8" and ctx.device == "cpu":
+        # faiss trains its own per-dimension ranges from float rows; hand it the dequantized rows.
+        out.append(ctx.measure(build=lambda: anchors.faiss_sq8(torch_dequantize(data, scale, fmt, d), k),
+                               impl="faiss.IndexScalarQuantizer[int8]", **common))
+    try:
+        score_topk = fasttda_attr("fasttda.ops", "score_topk")
+    except AnchorMissing as exc:
+        return out + missing_all(ctx, SUITE, "topk", [f"fasttda.score_topk[{fmt}]"], params, str(exc))
+    call = _score_call(score_topk, data, scale, fmt, d, k)
+    backends, missing = usable_backends(ctx, SUITE, "topk", params, lambda b: call(qs[0][:1], b),
+                                        f"fasttda.score_topk[{fmt}]")
+    out += missing
+    for backend in backends:
+        found = call(qs[0], backend)[1]
+        extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"]}
+        out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]",
+                               extra=extra, **common))
+    return out
+
+
+def _score_call(score_topk, data, scale, fmt, d, k):
+    """Adapt to score_topk's keywords (fmt/dim only where the op takes them)."""
+    accepted = inspect.signature(score_topk).parameters
+    kwargs = {"k": k}
+    if scale is not None:
+        kwargs["scales"] = scale
+    if "fmt" in accepted:
+        kwargs["fmt"] = fmt
+    if "dim" in accepted:
+        kwargs["dim"] = d
+    return lambda q, backend: score_topk(q, data, backend=backend, **kwargs)
+
+
+def _recall(found: torch.Tensor, exact: torch.Tensor) -> float:
+    hits = sum(len(set(f.tolist()) & set(e.tolist())) for f, e in zip(found, exact))
+    return hits / exact.numel()
+
+
+def store_cases(ctx, stored, norms, fmt, queries, k, exact, d, root) -> list[dict]:
+    """`fasttda.score` streaming the same rows from an on-disk `FeatureStore` (page cache warm)."""
+    N = stored["data"].shape[0]
+    impl = f"fasttda.score[FeatureStore {fmt}]"
+    try:
+        store_cls = fasttda_attr("fasttda.store", "FeatureStore")
+        score = fasttda_attr("fasttda", "score")
+    except AnchorMissing as exc:
+        return missing_all(ctx, SUITE, "topk", [impl], _params(N, d, max(queries), k), str(exc))
+    path = root / fmt
+    with store_cls.create(path, dim=d, fmt=fmt) as store:
+        for lo in range(0, N, CHUNK_ROWS):
+            hi = lo + CHUNK_ROWS
+            scale = None if stored["scale"] is None else stored["scale"][lo:hi].cpu()
+            store.append_quantized(stored["data"][lo:hi].cpu(), scale, norms[lo:hi].cpu())
+        store.commit()
+    opened = store_cls.open(path)
+    out = []
+    try:
+        row_bytes = stored["data"].element_size() * stored["data"].shape[1] + (4 if stored["scale"] is not None else 0)
+        for Q, qs in queries.items():
+            found = score(qs[0], opened, k=k)
+            indices = found.indices if hasattr(found, "indices") else found[1]
+            extra = {"fmt": fmt, "recall": _recall(indices.cpu(), exact[Q].cpu()), "source": "disk (page cache)"}
+            out.append(ctx.measure(lambda q: score(q, opened, k=k), suite=SUITE, name="topk", impl=impl,
+                                   params=_params(N, d, Q, k), rotate=qs, baseline=BASELINE, extra=extra,
+                                   **_cost(N, d, Q, k, row_bytes)))
+    finally:
+        opened.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return out
