@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import warnings
 from contextlib import contextmanager
 from typing import Iterator, Sequence
 
@@ -34,12 +33,8 @@ def capture(model: torch.nn.Module, *, projection: ProjectionSpec, modules: Sequ
         proj = None
     else:
         proj = Dense(projection.dim, kind=projection.kind)
-    with warnings.catch_warnings():
-        # transformers 5 deprecates the attribute capture reads; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed,
-                             lora_only=lora_only) as cap:
-            yield cap
+    with GradientCapture(model, modules=modules, projection=proj, seed=projection.seed, lora_only=lora_only) as cap:
+        yield cap
 
 
 # -- stores ------------------------------------------------------------------------------------
