@@ -1,0 +1,82 @@
+"""Options and error handling shared by the subcommands.
+
+Bad input ends the command with one line (``Error: ...``) and exit status 1, never a
+traceback; set ``FASTTDA_DEBUG=1`` to see the traceback instead.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3")
+
+
+def one_line_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
+                PermissionError, FloatingPointError) as exc:
+            if os.environ.get("FASTTDA_DEBUG") == "1":
+                raise
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise click.ClickException(message) from None
+    return wrapper
+
+
+def data_field_options(fn):
+    for option in reversed([
+        click.option("--prompt-field", default="prompt", show_default=True, help="JSON field holding the prompt."),
+        click.option("--response-field", default="response", show_default=True,
+                     help="JSON field holding the response (the loss is taken on it)."),
+        click.option("--id-field", default="id", show_default=True,
+                     help="JSON field holding the example id (the row number when absent)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def fields_of(kwargs: dict) -> dict:
+    return {"prompt_field": kwargs.pop("prompt_field"), "response_field": kwargs.pop("response_field"),
+            "id_field": kwargs.pop("id_field")}
+
+
+def capture_options(fn):
+    for option in reversed([
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(min=1),
+                     help="Examples per forward/backward pass."),
+        click.option("--max-length", default=512, show_default=True, type=click.IntRange(min=2),
+                     help="Tokens per example; longer prompts lose their start (with a warning)."),
+        click.option("--device", default="cpu", show_default=True, help="Torch device to run the model on."),
+        click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads,
+                     expose_value=False, help="CPU threads for torch (default: torch's choice; 1 suits tiny models)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def _set_threads(ctx, param, value):
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+
+
+def projection_options(fn):
+    for option in reversed([
+        click.option("--projection", default="factored:16x16", show_default=True,
+                     help="factored:KINxKOUT, rademacher:K, gaussian:K, sjlt:K or none."),
+        click.option("--format", "fmt", default="fp16", show_default=True, type=click.Choice(FORMATS),
+                     help="Store precision."),
+        click.option("--seed", default=0, show_default=True, type=int, help="Projection seed."),
+        click.option("--module", "modules", multiple=True,
+                     help="Module name pattern to capture (fnmatch; repeatable). Default: every linear "
+                          "layer but the output head (LoRA adapters only, for a PEFT checkpoint)."),
+    ]):
+        fn = option(fn)
+    return fn

@@ -1,0 +1,43 @@
+"""``fasttda demo``: the embedded hallucination-tracing benchmark, on CPU, offline."""
+from __future__ import annotations
+
+import click
+
+from fasttda.cli._common import FORMATS, one_line_errors
+
+
+@click.command("demo")
+@click.option("--out", default="fasttda-demo", show_default=True, type=click.Path(file_okay=False),
+              help="Output directory: report.md, report.json, roc.png, data/, models/, stores/.")
+@click.option("--seed", default=0, show_default=True, type=int, help="The seed of every random choice.")
+@click.option("--quick", is_flag=True, help="A small configuration that runs in well under 2 minutes (for CI).")
+@click.option("--n-train", type=click.IntRange(min=20), help="Fine-tuning examples [2000; quick 320].")
+@click.option("--pairs", "n_pairs", type=click.IntRange(min=1), help="Swap pairs [4; quick 2].")
+@click.option("--swap-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Fraction of fine-tuning examples that carry a swap [0.05; quick 0.08].")
+@click.option("--epochs", type=click.IntRange(min=1), help="Fine-tuning epochs, one checkpoint each [3].")
+@click.option("--countries", "n_countries", type=click.IntRange(min=5), help="Countries in the world [24; quick 12].")
+@click.option("--projection", help="factored:KINxKOUT, rademacher:K, gaussian:K or sjlt:K [factored:16x16; quick 8x8].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), help="Store precision [fp16].")
+@click.option("--beta", type=float, help="β of debias and dda [1.0].")
+@click.option("--hidden", type=click.IntRange(min=8), help="Model width [64; quick 32].")
+@click.option("--layers", type=click.IntRange(min=1), help="Transformer blocks [2].")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads [1: the model is tiny].")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
+@one_line_errors
+def demo(out, seed, quick, progress, **overrides):
+    """Run the embedded benchmark end to end and write its report."""
+    import dataclasses
+    from pathlib import Path
+
+    from fasttda.demo.report import table
+    from fasttda.demo.run import DemoConfig, run
+
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    size = {k: overrides.pop(k) for k in ("hidden", "layers") if k in overrides}
+    if size:
+        base = (DemoConfig.quick() if quick else DemoConfig()).model
+        overrides["model"] = dataclasses.replace(base, **size)
+    config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
+    report = run(config, Path(out), progress=progress, log=lambda m: click.echo(m, err=True))
+    click.echo(table(report["methods"]))

@@ -1,0 +1,1 @@
+"""The embedded hallucination-tracing benchmark (`fasttda demo`)."""

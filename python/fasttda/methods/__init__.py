@@ -1,0 +1,1 @@
+"""Attribution methods composed from capture, store and scoring (DDA, ...)."""

@@ -1,0 +1,167 @@
+"""Loading checkpoints from local directories, and the specs stores are checked against.
+
+Any Hugging Face causal LM saved with ``save_pretrained`` loads here, and so does a PEFT
+LoRA adapter directory (``adapter_config.json``; its base model must be loadable offline).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from fasttda.data import tokenizer_fingerprint
+
+
+class CheckpointError(ValueError):
+    """A model directory that cannot be used; the message is one line."""
+
+
+@dataclass
+class Checkpoint:
+    path: str
+    model: torch.nn.Module
+    tokenizer: object
+    is_lora: bool
+
+    @property
+    def fingerprint(self) -> str:
+        return model_fingerprint(self.model)
+
+    @property
+    def tokenizer_fingerprint(self) -> str:
+        return tokenizer_fingerprint(self.tokenizer)
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> Checkpoint:
+    """Load the model and its tokenizer from a local directory, in eval mode."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model directory not found: {path}")
+    is_lora = (path / "adapter_config.json").is_file()
+    if not is_lora and not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} holds no Hugging Face model (no config.json or adapter_config.json)")
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        kwargs = {"local_files_only": True}
+        if dtype is not None:
+            kwargs["dtype"] = dtype
+        if is_lora:
+            from peft import AutoPeftModelForCausalLM
+
+            model = AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs)
+        else:
+            from transformers import AutoModelForCausalLM
+
+            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+        tokenizer_dir = path if _has_tokenizer(path) else _lora_base_dir(path) if is_lora else path
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    model.to(device).eval()
+    return Checkpoint(str(path), model, tokenizer, is_lora)
+
+
+def _has_tokenizer(path: Path) -> bool:
+    return any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt"))
+
+
+def _lora_base_dir(path: Path) -> Path:
+    config = json.loads((path / "adapter_config.json").read_text())
+    return Path(config.get("base_model_name_or_path") or path)
+
+
+def load_tokenizer(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model directory not found: {path}")
+    if (path / "adapter_config.json").is_file() and not _has_tokenizer(path):
+        path = _lora_base_dir(path)
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"cannot load the tokenizer in {path}: {str(exc).splitlines()[0]}") from None
+
+
+def check_same_tokenizer(paths: list[str | os.PathLike]) -> None:
+    """All checkpoints must tokenize alike, or their gradients are not comparable."""
+    first = tokenizer_fingerprint(load_tokenizer(paths[0]))
+    for other in paths[1:]:
+        if tokenizer_fingerprint(load_tokenizer(other)) != first:
+            raise CheckpointError(
+                f"the tokenizer in {other} differs from the one in {paths[0]}; "
+                "all checkpoints must share one tokenizer")
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap hash that tells checkpoints apart: every parameter's name, shape, dtype and
+    a strided sample of at most 4096 of its values (fine-tuning moves them all)."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.detach().reshape(-1)
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step][:4096].to("cpu", torch.float32).contiguous()
+            h.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
+            h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- projection specs ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProjectionSpec:
+    """How per-example gradients are compressed: ``factored`` (k_in x k_out per module),
+    a dense/sparse JL kind to ``dim`` over the concatenated gradient, or ``none``."""
+    kind: str
+    k_in: int = 0
+    k_out: int = 0
+    dim: int = 0
+    seed: int = 0
+
+    KINDS = ("factored", "rademacher", "gaussian", "sjlt", "none")
+
+    @classmethod
+    def parse(cls, text: str, seed: int = 0) -> "ProjectionSpec":
+        """``factored:16x16``, ``rademacher:8192``, ``gaussian:4096``, ``sjlt:8192`` or ``none``."""
+        kind, _, size = text.strip().lower().partition(":")
+        usage = "expected factored:KINxKOUT, rademacher:K, gaussian:K, sjlt:K or none"
+        try:
+            if kind == "factored":
+                k_in, _, k_out = size.partition("x")
+                spec = cls("factored", k_in=int(k_in), k_out=int(k_out), seed=seed)
+                if spec.k_in < 1 or spec.k_out < 1:
+                    raise ValueError
+                return spec
+            if kind in ("rademacher", "gaussian", "sjlt"):
+                spec = cls(kind, dim=int(size), seed=seed)
+                if spec.dim < 1:
+                    raise ValueError
+                return spec
+            if kind == "none" and not size:
+                return cls("none", seed=seed)
+        except ValueError:
+            pass
+        raise ValueError(f"projection {text!r} not understood: {usage}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        if self.kind == "factored":
+            return f"factored:{self.k_in}x{self.k_out}"
+        return self.kind if self.kind == "none" else f"{self.kind}:{self.dim}"

@@ -1,0 +1,39 @@
+"""`fasttda demo --quick`: the whole benchmark at CI size; checks the report's structure."""
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from fasttda.cli import main
+from tiny_models import one_thread  # noqa: F401
+
+REQUIRED = ("bm25", "grad_dot", "cosine", "trak_if", "debias", "denoise", "dda")
+
+
+def test_demo_quick_report(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--seed", "3", "--no-progress"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == {"methods", "pairs", "config"}
+    assert set(REQUIRED) <= set(report["methods"])
+    for name, m in report["methods"].items():
+        for key in ("auc", "recall_at_k", "index_s", "score_s"):
+            assert isinstance(m[key], float), (name, key)
+        assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["recall_at_k"] <= 1.0, name
+        assert m["index_s"] >= 0 and m["score_s"] >= 0
+    assert report["config"]["seed"] == 3 and report["config"]["n_pairs"] == len(report["pairs"])
+    for pair in report["pairs"].values():
+        assert pair["true_sources"] > 0
+        assert pair["generated_queries"] + pair["teacher_forced_queries"] >= 1
+        assert set(REQUIRED) <= set(pair["methods"])
+    n_queries = sum(p["generated_queries"] + p["teacher_forced_queries"] for p in report["pairs"].values())
+    assert n_queries == report["config"]["n_queries"]
+    assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "report.md").read_text()
+    assert all(f"| {name} |" in md for name in REQUIRED)
+    assert "| dda |" in result.stdout  # the table is printed
+    # the data files the demo wrote are valid inputs of the other commands
+    assert (out / "data" / "train.jsonl").is_file() and (out / "data" / "queries.jsonl").is_file()
