@@ -183,3 +183,26 @@ def test_lora_checkpoint_captures_only_adapters(files, tmp_path):
     assert result.exit_code == 0, result.output
     # one layer x (q_proj, v_proj) x (lora_A, lora_B) x 2x2 = 16 columns: the adapters only
     assert "16 dims" in result.output
+
+
+def test_query_target_field(files, tmp_path):
+    store = tmp_path / "store"
+    assert index_store(files, store).exit_code == 0
+    rows = make_rows(2, 3)
+    targeted = [dict(r, target=r["response"].split()[1]) for r in rows]
+    path = write_jsonl(tmp_path / "targeted.jsonl", targeted)
+    outs = {}
+    for name, queries, extra in (("span", path, []), ("whole", files["queries"], []),
+                                 ("ignored", path, ["--target-field", "absent"])):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        result = invoke("query", "--store", store, "--model", files["models"][-1], "--queries", queries,
+                        "--top-k", 13, "--out", outs[name], *extra)
+        assert result.exit_code == 0, result.output
+    scores = {n: [[x["score"] for x in json.loads(line)["results"]] for line in p.read_text().splitlines()]
+              for n, p in outs.items()}
+    assert scores["ignored"] == scores["whole"]  # a field name absent from the file: whole responses
+    assert scores["span"] != scores["whole"]
+    targeted[1]["target"] = "not-in-the-response"
+    bad = write_jsonl(tmp_path / "bad.jsonl", targeted)
+    one_line_error(invoke("query", "--store", store, "--model", files["models"][-1], "--queries", bad),
+                   "line 2", "'not-in-the-response' does not occur in field 'response'")
