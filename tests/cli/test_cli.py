@@ -82,6 +82,17 @@ def test_dda_command(files, tmp_path):
     assert len(rows) == 3 and len(rows[0]["results"]) == 4
     config = json.loads((tmp_path / "dda" / "config.json").read_text())
     assert list(config["weights"].values()) == pytest.approx([2 / 3, 1 / 3, -0.5])
+    assert config["query_loss"] == "response"
+    # queries naming a target span: attributed for the span, and the stores are reused
+    targeted = write_jsonl(tmp_path / "targeted.jsonl",
+                           [dict(r, target=r["response"].split()[0]) for r in make_rows(2, 3)])
+    result = invoke("dda", "--base", m[0], "--checkpoint", m[1], "--checkpoint", m[2], "--data", files["data"],
+                    "--queries", targeted, "--out", tmp_path / "dda", "--projection", "factored:4x4",
+                    "--top-k", 4, "--quiet", "--max-length", 64, "--lr", 2e-4, "--lr", 1e-4, "--beta", 0.5)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "dda" / "config.json").read_text())["query_loss"] == "span"
+    span_rows = [json.loads(line) for line in (tmp_path / "dda" / "results.jsonl").read_text().splitlines()]
+    assert [x["score"] for x in span_rows[0]["results"]] != [x["score"] for x in rows[0]["results"]]
 
 
 def one_line_error(result, *fragments):
