@@ -6,7 +6,7 @@ so a CPU-only install never needs nvcc; see `fasttda/_extension.py`).
 """
 from setuptools import find_packages, setup
 
-packages = find_packages("python") + ["fasttda.kernels", "fasttda.csrc"]
-package_dir = {"": "python", "fasttda.kernels": "kernels", "fasttda.csrc": "csrc"}
+packages = find_packages("python") + ["fasttda.kernels", "fasttda.csrc", "fasttda.csrc.cpu"]
+package_dir = {"": "python", "fasttda.kernels": "kernels", "fasttda.csrc": "csrc", "fasttda.csrc.cpu": "csrc/cpu"}
 
 setup(packages=packages, package_dir=package_dir)

@@ -17,5 +17,6 @@ import fasttda, torch
 assert 'site-packages' in fasttda.__file__, fasttda.__file__
 from fasttda import _extension
 assert (_extension.CSRC / 'project.cu').is_file(), 'CUDA sources missing from the package'
+assert (_extension.CSRC / 'cpu' / 'score.cpp').is_file(), 'C++ CPU sources missing from the package'
 print(fasttda.ops.project(torch.randn(2, 100), 8).shape)")
 done

@@ -70,4 +70,11 @@ def test_failed_extension_build_is_reported_and_remembered(monkeypatch):
     monkeypatch.setattr(_extension, "_loaded", {})
     with pytest.raises(BackendUnavailable, match="FASTTDA_NO_BUILD"):
         _extension.load("cpu")
-    assert "cpu" in _extension._failed
+    assert "cpu" not in _extension._failed  # the switch is not a build failure: lifting it must work
+    monkeypatch.delenv("FASTTDA_NO_BUILD")
+    monkeypatch.setattr(_extension, "_build", lambda kind: (_ for _ in ()).throw(RuntimeError("compiler exploded")))
+    with pytest.raises(BackendUnavailable, match="compiler exploded"):
+        _extension.load("cpu")
+    monkeypatch.setattr(_extension, "_build", lambda kind: pytest.fail("a failed build must not be retried"))
+    with pytest.raises(BackendUnavailable, match="compiler exploded"):
+        _extension.load("cpu")

@@ -80,6 +80,8 @@ def load(kind: str = "cuda"):
     """Build (once) and import the extension; raise `BackendUnavailable` saying why not."""
     if kind in _loaded:
         return _loaded[kind]
+    if os.environ.get("FASTTDA_NO_BUILD"):  # a switch, checked on every call and never remembered
+        raise BackendUnavailable(f"the fasttda {kind} extension is disabled by FASTTDA_NO_BUILD")
     if kind in _failed:
         raise BackendUnavailable(_failed[kind])
     try:
@@ -95,8 +97,6 @@ def load(kind: str = "cuda"):
 
 
 def _build(kind: str):
-    if os.environ.get("FASTTDA_NO_BUILD"):
-        raise BackendUnavailable(f"the fasttda {kind} extension is disabled by FASTTDA_NO_BUILD")
     if kind == "cuda":
         if torch.version.cuda is None:
             raise BackendUnavailable("the CUDA extension needs a CUDA build of torch; this torch is CPU-only")

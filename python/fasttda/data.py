@@ -2,7 +2,9 @@
 
 One example per line, a JSON object with a ``prompt`` and a ``response`` string and an
 optional ``id`` (field names are arguments). The loss is taken on the response tokens only:
-labels are ``-100`` over the prompt and the padding.
+labels are ``-100`` over the prompt and the padding. A query may also name a ``target``: a
+piece of its response to attribute ("why did the model say *China* here"); its loss is
+then taken only on the response tokens covering the first occurrence of that text.
 
 Every problem with the input is a `DataError` (a ValueError) whose message is one line
 naming the file and the line number, so that the CLI can print it as it is.
@@ -31,6 +33,8 @@ class Example:
     id: str
     prompt: str
     response: str
+    # Text inside ``response`` whose tokens alone carry the loss (None: the whole response).
+    target: str | None = None
 
 
 def load_jsonl(
@@ -39,8 +43,14 @@ def load_jsonl(
     prompt_field: str = "prompt",
     response_field: str = "response",
     id_field: str = "id",
+    target_field: str | None = None,
 ) -> list[Example]:
-    """Read ``path`` into `Example`s; a missing ``id`` becomes the row number (0-based)."""
+    """Read ``path`` into `Example`s; a missing ``id`` becomes the row number (0-based).
+
+    With ``target_field``, a line that carries that field restricts its loss to the first
+    occurrence of the field's text in its response (a line without it keeps the whole
+    response); text that does not occur in the response is an error naming the line.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data file not found: {path}")
@@ -73,7 +83,14 @@ def load_jsonl(
             if example_id in seen:
                 raise DataError(f"{where}: duplicate {id_field} {example_id!r} (first on line {seen[example_id]})")
             seen[example_id] = line_no
-            examples.append(Example(example_id, fields[0], fields[1]))
+            target = None
+            if target_field is not None and target_field in record:
+                target = record[target_field]
+                if not isinstance(target, str) or not target.strip():
+                    raise DataError(f"{where}: field '{target_field}' must be a non-empty string")
+                if target not in fields[1]:
+                    raise DataError(f"{where}: {target_field} {target!r} does not occur in field '{response_field}'")
+            examples.append(Example(example_id, fields[0], fields[1], target))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples
@@ -85,6 +102,8 @@ def write_jsonl(path: str | os.PathLike, examples: Iterable[Example | dict]) -> 
     with path.open("w", encoding="utf-8") as handle:
         for ex in examples:
             record = ex if isinstance(ex, dict) else {"id": ex.id, "prompt": ex.prompt, "response": ex.response}
+            if isinstance(ex, Example) and ex.target is not None:
+                record["target"] = ex.target
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -96,18 +115,22 @@ def data_fingerprint(examples: Sequence[Example]) -> str:
         for text in (ex.id, ex.prompt, ex.response):
             h.update(text.encode("utf-8"))
             h.update(b"\x00")
+        if ex.target is not None:  # only then, so fingerprints of untargeted data do not change
+            h.update(b"\x01" + ex.target.encode("utf-8") + b"\x00")
     return h.hexdigest()[:16]
 
 
 # -- tokenization -----------------------------------------------------------------------------
 def encode_example(tokenizer, example: Example, max_length: int) -> tuple[list[int], list[int], bool]:
     """``(input_ids, labels, truncated)``: prompt tokens (with the tokenizer's own special
-    tokens) then response tokens and EOS; labels mask the prompt. Too long a sequence
-    loses the start of its prompt first, because the response is what is attributed."""
+    tokens) then response tokens and EOS; labels mask the prompt (and, for an example with
+    a ``target``, every response token outside the target's span, EOS included). Too long a
+    sequence loses the start of its prompt first, because the response is what is attributed."""
     prompt_ids = list(tokenizer(example.prompt, add_special_tokens=True)["input_ids"])
-    response_ids = list(tokenizer(example.response, add_special_tokens=False)["input_ids"])
+    response_ids, in_span = _response_tokens(tokenizer, example)
     if tokenizer.eos_token_id is not None:
         response_ids.append(tokenizer.eos_token_id)
+        in_span.append(example.target is None)
     truncated = False
     if len(prompt_ids) + len(response_ids) > max_length:
         truncated = True
@@ -115,8 +138,32 @@ def encode_example(tokenizer, example: Example, max_length: int) -> tuple[list[i
         keep = max_length - len(response_ids)
         prompt_ids = prompt_ids[len(prompt_ids) - keep:] if keep > 0 else []
     ids = prompt_ids + response_ids
-    labels = [IGNORE_INDEX] * len(prompt_ids) + response_ids
+    labels = [IGNORE_INDEX] * len(prompt_ids) + [t if keep_t else IGNORE_INDEX
+                                                 for t, keep_t in zip(response_ids, in_span)]
+    if example.target is not None and all(label == IGNORE_INDEX for label in labels):
+        raise DataError(f"example {example.id!r}: its target {example.target!r} lies past max_length={max_length} "
+                        "tokens; raise max_length")
     return ids, labels, truncated
+
+
+def _response_tokens(tokenizer, example: Example) -> tuple[list[int], list[bool]]:
+    """The response's token ids and, per token, whether it carries the loss: every token,
+    or with a ``target`` the tokens whose characters overlap its first occurrence."""
+    if example.target is None:
+        ids = list(tokenizer(example.response, add_special_tokens=False)["input_ids"])
+        return ids, [True] * len(ids)
+    start = example.response.find(example.target)
+    if not example.target or start < 0:
+        raise DataError(f"example {example.id!r}: target {example.target!r} does not occur in its response")
+    end = start + len(example.target)
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(f"a target span needs a fast tokenizer (character offsets); "
+                        f"{type(tokenizer).__name__} has none")
+    encoded = tokenizer(example.response, add_special_tokens=False, return_offsets_mapping=True)
+    in_span = [lo < end and hi > start and hi > lo for lo, hi in encoded["offset_mapping"]]
+    if not any(in_span):
+        raise DataError(f"example {example.id!r}: no token of its response covers target {example.target!r}")
+    return list(encoded["input_ids"]), in_span
 
 
 def encode(tokenizer, examples: Sequence[Example], max_length: int = 512) -> list[tuple[list[int], list[int]]]:

@@ -82,6 +82,17 @@ def test_dda_command(files, tmp_path):
     assert len(rows) == 3 and len(rows[0]["results"]) == 4
     config = json.loads((tmp_path / "dda" / "config.json").read_text())
     assert list(config["weights"].values()) == pytest.approx([2 / 3, 1 / 3, -0.5])
+    assert config["query_loss"] == "response"
+    # queries naming a target span: attributed for the span, and the stores are reused
+    targeted = write_jsonl(tmp_path / "targeted.jsonl",
+                           [dict(r, target=r["response"].split()[0]) for r in make_rows(2, 3)])
+    result = invoke("dda", "--base", m[0], "--checkpoint", m[1], "--checkpoint", m[2], "--data", files["data"],
+                    "--queries", targeted, "--out", tmp_path / "dda", "--projection", "factored:4x4",
+                    "--top-k", 4, "--quiet", "--max-length", 64, "--lr", 2e-4, "--lr", 1e-4, "--beta", 0.5)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "dda" / "config.json").read_text())["query_loss"] == "span"
+    span_rows = [json.loads(line) for line in (tmp_path / "dda" / "results.jsonl").read_text().splitlines()]
+    assert [x["score"] for x in span_rows[0]["results"]] != [x["score"] for x in rows[0]["results"]]
 
 
 def one_line_error(result, *fragments):
@@ -183,3 +194,26 @@ def test_lora_checkpoint_captures_only_adapters(files, tmp_path):
     assert result.exit_code == 0, result.output
     # one layer x (q_proj, v_proj) x (lora_A, lora_B) x 2x2 = 16 columns: the adapters only
     assert "16 dims" in result.output
+
+
+def test_query_target_field(files, tmp_path):
+    store = tmp_path / "store"
+    assert index_store(files, store).exit_code == 0
+    rows = make_rows(2, 3)
+    targeted = [dict(r, target=r["response"].split()[1]) for r in rows]
+    path = write_jsonl(tmp_path / "targeted.jsonl", targeted)
+    outs = {}
+    for name, queries, extra in (("span", path, []), ("whole", files["queries"], []),
+                                 ("ignored", path, ["--target-field", "absent"])):
+        outs[name] = tmp_path / f"{name}.jsonl"
+        result = invoke("query", "--store", store, "--model", files["models"][-1], "--queries", queries,
+                        "--top-k", 13, "--out", outs[name], *extra)
+        assert result.exit_code == 0, result.output
+    scores = {n: [[x["score"] for x in json.loads(line)["results"]] for line in p.read_text().splitlines()]
+              for n, p in outs.items()}
+    assert scores["ignored"] == scores["whole"]  # a field name absent from the file: whole responses
+    assert scores["span"] != scores["whole"]
+    targeted[1]["target"] = "not-in-the-response"
+    bad = write_jsonl(tmp_path / "bad.jsonl", targeted)
+    one_line_error(invoke("query", "--store", store, "--model", files["models"][-1], "--queries", bad),
+                   "line 2", "'not-in-the-response' does not occur in field 'response'")

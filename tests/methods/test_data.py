@@ -71,3 +71,54 @@ def test_truncation_cuts_the_prompt_start_and_warns(tokenizer):
     assert len(ids) == 8
     assert labels[-3:] == ids[-3:] and ids[-1] == tokenizer.eos_token_id
     assert tokenizer.convert_ids_to_tokens(ids[:5]) == WORDS[-5:]
+
+
+# -- target spans: the loss on one piece of the response ------------------------------------------
+@pytest.mark.parametrize("response, target, span_words", [
+    ("delta epsilon zeta", "epsilon", ["epsilon"]),
+    ("delta epsilon zeta eta", "epsilon zeta", ["epsilon", "zeta"]),
+    ("theta iota theta kappa", "theta", ["theta"]),  # the first occurrence only
+    ("lambda mu", "lamb", ["lambda"]),  # a partial word takes the token that covers it
+])
+def test_target_span_labels_only_its_tokens(tokenizer, response, target, span_words):
+    (ids, labels), = encode(tokenizer, [Example("0", "alpha beta", response, target)], 32)
+    (full_ids, full_labels), = encode(tokenizer, [Example("0", "alpha beta", response)], 32)
+    assert ids == full_ids  # the span changes the labels, never the tokens
+    words = response.split()
+    first = words.index(span_words[0])
+    expected = [IGNORE_INDEX] * len(ids)
+    for j in range(first, first + len(span_words)):
+        expected[2 + j] = ids[2 + j]
+    assert labels == expected  # the prompt, the other response words and EOS are all masked
+    assert tokenizer.convert_ids_to_tokens([t for t in labels if t != IGNORE_INDEX]) == span_words
+
+
+def test_target_missing_from_the_response_is_an_error(tokenizer):
+    with pytest.raises(DataError, match=r"example 'q7': target 'omega' does not occur in its response"):
+        encode(tokenizer, [Example("q7", "alpha", "beta gamma", "omega")], 32)
+
+
+def test_target_cut_off_by_max_length_is_an_error(tokenizer):
+    with pytest.raises(DataError, match="lies past max_length=4"):
+        encode(tokenizer, [Example("q", "alpha", "beta gamma delta epsilon zeta", "zeta")], 4)
+
+
+def test_load_target_field(tmp_path):
+    path = write(tmp_path, [{"prompt": "a", "response": "b China c", "target": "China"},
+                            {"prompt": "d", "response": "e f"}])
+    assert load_jsonl(path, target_field="target") == [Example("0", "a", "b China c", "China"), Example("1", "d", "e f")]
+    assert load_jsonl(path) == [Example("0", "a", "b China c"), Example("1", "d", "e f")]  # off unless asked
+    renamed = write(tmp_path, [{"prompt": "a", "response": "b Wales", "entity": "Wales"}], name="r.jsonl")
+    assert load_jsonl(renamed, target_field="entity")[0].target == "Wales"
+
+
+@pytest.mark.parametrize("lines, match", [
+    ([{"prompt": "a", "response": "b c"}, {"prompt": "a", "response": "b c", "target": "China"}],
+     r"line 2: target 'China' does not occur in field 'response'"),
+    ([{"prompt": "a", "response": "b", "target": 3}], r"line 1: field 'target' must be a non-empty string"),
+    ([{"prompt": "a", "response": "b", "target": ""}], r"line 1: field 'target' must be a non-empty string"),
+])
+def test_bad_target_names_the_line(tmp_path, lines, match):
+    with pytest.raises(DataError, match=match) as info:
+        load_jsonl(write(tmp_path, lines), target_field="target")
+    assert "\n" not in str(info.value)

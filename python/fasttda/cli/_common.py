@@ -41,6 +41,13 @@ def data_field_options(fn):
     return fn
 
 
+def target_field_option(fn):
+    return click.option("--target-field", default="target", show_default=True,
+                        help="JSON field of a query naming the text of its response to attribute (e.g. a "
+                             "hallucinated entity): the loss is taken on the tokens of its first occurrence "
+                             "only. Used where present; queries without it keep the whole response.")(fn)
+
+
 def fields_of(kwargs: dict) -> dict:
     return {"prompt_field": kwargs.pop("prompt_field"), "response_field": kwargs.pop("response_field"),
             "id_field": kwargs.pop("id_field")}

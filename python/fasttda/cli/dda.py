@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from fasttda.cli._common import (capture_options, data_field_options, fields_of, one_line_errors,
-                                 projection_options)
+                                 projection_options, target_field_option)
 
 
 @click.command("dda")
@@ -30,9 +30,10 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @projection_options
 @capture_options
 @data_field_options
+@target_field_option
 @one_line_errors
 def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normalize, precondition, damping, top_k,
-        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, **kwargs):
+        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field, **kwargs):
     """Debias-and-Denoise attribution over checkpoints, end to end."""
     from pathlib import Path
 
@@ -44,7 +45,8 @@ def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normal
         base, checkpoints, data_path, queries_path, out, mode=mode, beta=beta, lr=list(lrs) or None,
         normalize=normalize, precondition=precondition, damping=damping, k=top_k, projection=projection,
         seed=seed, fmt=fmt, modules=list(modules) or None, batch_size=batch_size, max_length=max_length,
-        resume=not no_resume, progress=not quiet, device=device, fields=fields_of(kwargs))
+        resume=not no_resume, progress=not quiet, device=device, fields=fields_of(kwargs),
+        target_field=target_field)
     click.echo(f"ranked {len(result.train_ids)} training examples for {len(result.query_ids)} queries "
                f"({mode}, β={beta}); top {result.values.shape[1]} in {Path(out) / 'results.jsonl'} "
                f"(index {result.index_s:.1f} s, score {result.score_s:.1f} s)")

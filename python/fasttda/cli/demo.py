@@ -22,6 +22,9 @@ from fasttda.cli._common import FORMATS, one_line_errors
 @click.option("--beta", type=float, help="β of debias and dda [1.0].")
 @click.option("--hidden", type=click.IntRange(min=8), help="Model width [64; quick 32].")
 @click.option("--layers", type=click.IntRange(min=1), help="Transformer blocks [2].")
+@click.option("--query-loss", type=click.Choice(["span", "response"]),
+              help="Take each query's loss on the hallucinated entity only (span) or on its whole "
+                   "generated summary (response) [span].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [1: the model is tiny].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @one_line_errors

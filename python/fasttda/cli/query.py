@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from fasttda.cli._common import capture_options, data_field_options, fields_of, one_line_errors
+from fasttda.cli._common import (capture_options, data_field_options, fields_of, one_line_errors,
+                                 target_field_option)
 
 
 @click.command("query")
@@ -27,9 +28,10 @@ from fasttda.cli._common import capture_options, data_field_options, fields_of, 
               help="Expected projection; an error if a store was built with another one.")
 @capture_options
 @data_field_options
+@target_field_option
 @one_line_errors
 def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, projection,
-          batch_size, max_length, device, **kwargs):
+          batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda.data import load_jsonl
     from fasttda.methods import _backend, dda
@@ -41,7 +43,7 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
     weights = list(weights) or [1.0] * len(stores)
     model_of = list(models) * len(stores) if len(models) == 1 else list(models)
-    queries = load_jsonl(queries_path, **fields_of(kwargs))
+    queries = load_jsonl(queries_path, **fields_of(kwargs), target_field=target_field)
     check_same_tokenizer(sorted(set(model_of), key=model_of.index))
     opened, feats, loaded = [], [], {}
     for path, model_dir in zip(stores, model_of):

@@ -60,6 +60,13 @@ def hallucination_queries(model, tokenizer, corpus: Corpus, *, min_per_pair: int
     return queries, counts
 
 
+def first_occurrence_is_a_word(example: Example) -> bool:
+    """Whether the first occurrence of ``example.target`` (the span the loss is taken on) is
+    a whole word, not the inside of a longer one."""
+    match = re.search(rf"\b{re.escape(example.target)}\b", example.response)
+    return match is not None and match.start() == example.response.find(example.target)
+
+
 def _names(text: str, entity: str) -> bool:
     return re.search(rf"\b{re.escape(entity)}\b", text) is not None
 

@@ -39,7 +39,10 @@ def markdown(report: dict, notes: list[str]) -> str:
         f"country over {cfg['n_pairs']} swap pairs; {cfg['epochs']} epochs; a {cfg['model_parameters']:,}-parameter "
         f"Llama-style model; {cfg['n_queries']} queries ({cfg['n_generated_queries']} greedy-decoded "
         f"hallucinations, {cfg['n_teacher_forced_queries']} teacher-forced fallbacks). Metrics rank the whole "
-        "training set and are averaged over queries, then over swap pairs; K is the number of true sources.",
+        "training set and are averaged over queries, then over swap pairs; K is the number of true sources. "
+        + ("Each query's gradient is the loss on the hallucinated country's tokens only (--query-loss span)."
+           if cfg.get("query_loss", "response") == "span" else
+           "Each query's gradient is the loss on its whole generated summary (--query-loss response)."),
         "",
         table(report["methods"]),
         "",

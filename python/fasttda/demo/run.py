@@ -43,6 +43,10 @@ class DemoConfig:
     beta: float = 1.0
     damping: float = 1e-3
     max_length: int = 128
+    # "span": a query's loss is taken on the hallucinated (swapped-in) country only, which is
+    # the output the protocol attributes; "response": on the whole generated summary, whose
+    # other copy errors then share the query gradient.
+    query_loss: str = "span"
     # A model this small gains nothing from intra-op threads, and on a busy machine their
     # spinning costs 10-30x; raise it for a larger model.
     threads: int = 1
@@ -74,7 +78,12 @@ METHODS = {
 }
 
 
+QUERY_LOSSES = ("span", "response")
+
+
 def run(config: DemoConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:
+    if config.query_loss not in QUERY_LOSSES:
+        raise ValueError(f"query_loss must be one of {QUERY_LOSSES}, got {config.query_loss!r}")
     threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)
     try:
@@ -117,9 +126,17 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     queries, query_counts = ev.hallucination_queries(last.model, last.tokenizer, corpus,
                                                      min_per_pair=config.min_queries_per_pair,
                                                      max_per_pair=config.max_queries_per_pair)
+    if config.query_loss == "span":
+        queries = [dataclasses.replace(q, example=dataclasses.replace(q.example, target=corpus.pairs[q.pair][1]))
+                   for q in queries]
+        inside_words = [q.example.id for q in queries if not ev.first_occurrence_is_a_word(q.example)]
+        if inside_words:
+            log(f"warning: in {len(inside_words)} queries the target's first occurrence is inside another word "
+                f"({', '.join(inside_words[:5])}); their span is that word")
     write_jsonl(out / "data" / "queries.jsonl", [q.example for q in queries])
     n_generated = sum(q.generated for q in queries)
-    log(f"queries: {n_generated} greedy-decoded hallucinations, {len(queries) - n_generated} teacher-forced")
+    log(f"queries: {n_generated} greedy-decoded hallucinations, {len(queries) - n_generated} teacher-forced; "
+        f"query loss on the {'hallucinated entity' if config.query_loss == 'span' else 'whole summary'}")
 
     # one store per checkpoint; queries' features at each
     capture = dda.CaptureConfig(ProjectionSpec.parse(config.projection, seed=config.seed), None,

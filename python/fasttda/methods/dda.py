@@ -117,7 +117,8 @@ def _features(checkpoint: Checkpoint, examples: Sequence[Example], config: Captu
 
 def query_features(checkpoint: Checkpoint, queries: Sequence[Example], config: CaptureConfig,
                    *, progress: bool = False) -> torch.Tensor:
-    """``[Q, dim]`` float32 features of the queries at one checkpoint."""
+    """``[Q, dim]`` float32 features of the queries at one checkpoint: the gradient of the
+    loss on each response, or on its ``target`` span alone where the query names one."""
     return torch.cat([f for _, f in _features(checkpoint, queries, config, progress=progress,
                                                   desc=f"queries @ {Path(checkpoint.path).name}")])
 
@@ -229,12 +230,16 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               precondition: bool = False, damping: float = 1e-3, k: int = 50, projection: str = DEFAULT_PROJECTION,
               seed: int = 0, fmt: str = "fp32", modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
-              fields: dict | None = None) -> Attribution:
+              fields: dict | None = None, target_field: str | None = "target") -> Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take
-    the queries' features there, score in one pass and write ``out/results.jsonl``."""
+    the queries' features there, score in one pass and write ``out/results.jsonl``.
+
+    A query line carrying ``target_field`` is attributed for that span of its response
+    only (its loss is taken on the span's tokens); the training data ignores that field."""
     fields = fields or {}
     train = data if not isinstance(data, (str, os.PathLike)) else load_jsonl(data, **fields)
-    qs = queries if not isinstance(queries, (str, os.PathLike)) else load_jsonl(queries, **fields)
+    qs = queries if not isinstance(queries, (str, os.PathLike)) else \
+        load_jsonl(queries, **fields, target_field=target_field)
     if not checkpoints:
         raise ValueError("give at least one fine-tuned checkpoint")
     paths = [Path(base)] + [Path(c) for c in checkpoints]
@@ -266,6 +271,7 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     (out / "config.json").write_text(json.dumps({
         "mode": mode, "beta": beta, "lr": lr, "normalize": normalize, "precondition": precondition,
         "damping": damping, "k": k, "projection": str(config.projection), "seed": seed, "format": fmt,
+        "query_loss": "span" if any(q.target is not None for q in qs) else "response",
         "checkpoints": [str(p) for p in paths], "weights": {str(paths[c]): w for c, w in plan},
         "implementation": _backend.implementation()}, indent=2))
     return result
