@@ -43,7 +43,8 @@ def tiny_model(cfg, device):
         raise AnchorMissing(f"transformers not importable ({type(exc).__name__}: {exc})") from exc
     torch.manual_seed(0)
     config = GPT2Config(n_layer=cfg["n_layer"], n_embd=cfg["n_embd"], n_head=4, vocab_size=cfg["vocab"],
-                        n_positions=max(64, cfg["T"]), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        n_positions=max(64, cfg["T"]), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=0, eos_token_id=0)
     return GPT2LMHeadModel(config).to(device).eval()
 
 
