@@ -24,9 +24,9 @@ import torch
 
 from fasttda._dispatch import Op, common_device
 from fasttda.ops import _counter_hash as ch
+from fasttda.ops._checks import check_float_tensor
 
 KINDS = ("rademacher", "gaussian", "sjlt")
-FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 BLOCK_ENTRIES = 1 << 22
 
 # Row b of this table holds the 8 signs encoded by byte b (bit t set -> -1), so one
@@ -93,14 +93,7 @@ def projection_matrix(
 
 # -- argument checks ----------------------------------------------------------------------
 def check_project_args(x, out_dim, kind, offset, s) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() != 2:
-        raise ValueError(f"x must be 2-D [B, D], got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"x must have B >= 1 rows and D >= 1 columns, got shape {tuple(x.shape)}")
+    check_float_tensor(x, "x", "B, D")
     if not isinstance(out_dim, int) or isinstance(out_dim, bool) or out_dim < 1:
         raise ValueError(f"out_dim must be an int >= 1, got {out_dim!r}")
     _check_kind_offset_s(kind, offset, s)

@@ -34,7 +34,8 @@ import torch
 
 from fasttda._dispatch import Op, common_device
 from fasttda.ops import _counter_hash as ch
-from fasttda.ops.project import FLOAT_DTYPES, matrix_reference, _scale
+from fasttda.ops._checks import check_float_tensor
+from fasttda.ops.project import matrix_reference, _scale
 
 KINDS = ("rademacher", "gaussian")
 # Reference working set: a token chunk holds about this many x/dy entries.
@@ -88,14 +89,7 @@ def project_factored(
 def check_factored_args(x, dy, k_in, k_out, seed, mask, kind):
     """Validate the arguments; return the mask as a bool tensor (or None)."""
     for name, t in (("x", x), ("dy", dy)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 3:
-            raise ValueError(f"{name} must be 3-D [B, T, d], got shape {tuple(t.shape)}")
-        if t.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-        if min(t.shape) < 1:
-            raise ValueError(f"{name} must have B, T, d >= 1, got shape {tuple(t.shape)}")
+        check_float_tensor(t, name, "B, T, d")
     if x.shape[:2] != dy.shape[:2]:
         raise ValueError(f"x and dy must agree on [B, T], got {tuple(x.shape[:2])} and {tuple(dy.shape[:2])}")
     for name, k in (("k_in", k_in), ("k_out", k_out)):
