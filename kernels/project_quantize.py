@@ -18,8 +18,8 @@ import triton.language as tl
 
 from fasttda.kernels._counter_hash import gaussian_tile, rademacher_tile_packed, row_keys
 from fasttda.kernels.project import _dot_dtype, _scale, launch_project
-from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, bf16_bits, fp8_e4m3_bits,
-                                      launch_quantize, round_half_even, stored_width)
+from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, encode_float, encode_scaled,
+                                      launch_quantize, quantize_levels, stored_width)
 
 FUSED_MAX_DIM = 2048
 
@@ -51,30 +51,20 @@ def _project_quantize_kernel(
     row_ok = rows[:, None] < B
     out_rows = data_ptr + rows[:, None].to(tl.int64) * W
     if FMT < 3:
-        if FMT == 0:
-            q = y
-        elif FMT == 1:
-            q = bf16_bits(y)
-        else:
-            q = y.to(tl.float16)
-        tl.store(out_rows + cols[None, :], q, mask=row_ok & (cols[None, :] < K))
+        tl.store(out_rows + cols[None, :], encode_float(y, FMT), mask=row_ok & (cols[None, :] < K))
     else:
         scale = tl.max(tl.abs(y), axis=1) / QMAX
         tl.store(scale_ptr + rows, scale, mask=rows < B)
         safe = tl.where(scale > 0, scale, 1.0)[:, None]
         if FMT == 5:
             # pair columns 2j, 2j+1 through a [BLOCK_B, K_PAD / 2, 2] view of the row
-            q = tl.minimum(tl.maximum(round_half_even(y / safe), -QMAX), QMAX)
+            q = quantize_levels(y / safe, QMAX)
             lo, hi = tl.split(tl.reshape(q, (BLOCK_B, K_PAD // 2, 2)))
             packed = (lo + 8.0).to(tl.int32) | ((hi + 8.0).to(tl.int32) << 4)
             j = tl.arange(0, K_PAD // 2)
             tl.store(out_rows + j[None, :], packed.to(tl.uint8), mask=row_ok & (j[None, :] < W))
         else:
-            if FMT == 3:
-                q = tl.minimum(tl.maximum(round_half_even(y / safe), -QMAX), QMAX).to(tl.int8)
-            else:
-                q = fp8_e4m3_bits(tl.minimum(tl.maximum(y / safe, -QMAX), QMAX))
-            tl.store(out_rows + cols[None, :], q, mask=row_ok & (cols[None, :] < K))
+            tl.store(out_rows + cols[None, :], encode_scaled(y / safe, FMT, QMAX), mask=row_ok & (cols[None, :] < K))
 
 
 def fused(kind: str, out_dim: int) -> bool:

@@ -71,6 +71,32 @@ def fp8_e4m3_value(b):
 
 
 @triton.jit
+def encode_float(x, FMT: tl.constexpr):
+    """float32 values as stored by an unscaled format: fp32 (0), bf16 bits (1), fp16 (2)."""
+    if FMT == 0:
+        return x
+    elif FMT == 1:
+        return bf16_bits(x)
+    else:
+        return x.to(tl.float16)
+
+
+@triton.jit
+def quantize_levels(y, QMAX: tl.constexpr):
+    """Integer levels of scaled values ``y = x / scale``: round half to even, clamp to ±QMAX."""
+    return tl.minimum(tl.maximum(round_half_even(y), -QMAX), QMAX)
+
+
+@triton.jit
+def encode_scaled(y, FMT: tl.constexpr, QMAX: tl.constexpr):
+    """Scaled values ``y = x / scale`` as stored by int8 (3) or fp8_e4m3 bits (4)."""
+    if FMT == 3:
+        return quantize_levels(y, QMAX).to(tl.int8)
+    else:
+        return fp8_e4m3_bits(tl.minimum(tl.maximum(y, -QMAX), QMAX))
+
+
+@triton.jit
 def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
                      FMT: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
@@ -80,13 +106,7 @@ def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
         for c0 in range(0, D, BLOCK):
             c = c0 + tl.arange(0, BLOCK)
             x = tl.load(x_row + c * stride_d, mask=c < D, other=0.0).to(tl.float32)
-            if FMT == 0:
-                q = x
-            elif FMT == 1:
-                q = bf16_bits(x)
-            else:
-                q = x.to(tl.float16)
-            tl.store(out_row + c, q, mask=c < D)
+            tl.store(out_row + c, encode_float(x, FMT), mask=c < D)
     else:
         amax = tl.zeros([BLOCK], dtype=tl.float32)
         for c0 in range(0, D, BLOCK):
@@ -101,20 +121,15 @@ def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
                 j = j0 + tl.arange(0, BLOCK)
                 lo = tl.load(x_row + (2 * j) * stride_d, mask=2 * j < D, other=0.0).to(tl.float32)
                 hi = tl.load(x_row + (2 * j + 1) * stride_d, mask=2 * j + 1 < D, other=0.0).to(tl.float32)
-                q_lo = tl.minimum(tl.maximum(round_half_even(lo / safe), -QMAX), QMAX)
-                q_hi = tl.minimum(tl.maximum(round_half_even(hi / safe), -QMAX), QMAX)
+                q_lo = quantize_levels(lo / safe, QMAX)
+                q_hi = quantize_levels(hi / safe, QMAX)
                 packed = (q_lo + 8.0).to(tl.int32) | ((q_hi + 8.0).to(tl.int32) << 4)
                 tl.store(out_row + j, packed.to(tl.uint8), mask=j < W)
         else:
             for c0 in range(0, D, BLOCK):
                 c = c0 + tl.arange(0, BLOCK)
                 x = tl.load(x_row + c * stride_d, mask=c < D, other=0.0).to(tl.float32)
-                y = x / safe
-                if FMT == 3:
-                    q = tl.minimum(tl.maximum(round_half_even(y), -QMAX), QMAX).to(tl.int8)
-                else:
-                    q = fp8_e4m3_bits(tl.minimum(tl.maximum(y, -QMAX), QMAX))
-                tl.store(out_row + c, q, mask=c < D)
+                tl.store(out_row + c, encode_scaled(x / safe, FMT, QMAX), mask=c < D)
 
 
 @triton.jit
