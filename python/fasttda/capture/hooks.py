@@ -33,6 +33,7 @@ from torch import nn
 
 from fasttda.capture import projection as proj
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
+from fasttda.ops._checks import check_seed
 
 
 def build_layout(selected, projection, seed: int, include_bias: bool) -> CaptureLayout:
@@ -75,6 +76,7 @@ class CaptureHooks:
     def __init__(self, model: nn.Module, modules=None, *, projection="factored", seed: int = 0,
                  lora_only: bool = False, include_bias: bool = False, hold_inputs: bool = False,
                  backend: str | None = "auto"):
+        seed = check_seed(seed)  # numpy integers too; stored as a plain int in the layout
         self.projection = proj.parse_projection(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")

@@ -19,6 +19,10 @@ SUBCOMMANDS = {
     "demo": ("fasttda.cli.demo", "demo", "The embedded hallucination-tracing benchmark, on CPU, offline."),
     "store": ("fasttda.cli.store", "store", "Inspect and verify feature stores (info, verify)."),
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
+    "import": ("fasttda.cli.import_index", "import_index",
+               "Convert a TRAK, Bergson, LESS or dattri-llm index into a feature store."),
+    "less-select": ("fasttda.cli.less_select", "less_select",
+                    "LESS data selection over stores: subtask mean, max, top rows; streamed."),
 }
 
 

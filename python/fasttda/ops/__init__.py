@@ -12,6 +12,7 @@ import importlib
 
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import factored_seeds, project_factored
+from fasttda.ops.project_grass import project_grass
 from fasttda.ops.project_quantized import QuantizedRows, project_quantized
 from fasttda.ops.quantize import dequantize, quantize
 
@@ -21,7 +22,7 @@ _LAZY = {
 }
 
 __all__ = sorted(["QuantizedRows", "dequantize", "factored_seeds", "project", "project_factored",
-                  "project_quantized", "projection_matrix", "quantize", *_LAZY])
+                  "project_grass", "project_quantized", "projection_matrix", "quantize", *_LAZY])
 
 
 def __getattr__(name: str):

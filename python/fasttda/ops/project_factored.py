@@ -34,7 +34,7 @@ import torch
 
 from fasttda._dispatch import Op, common_device
 from fasttda.ops import _counter_hash as ch
-from fasttda.ops._checks import check_float_tensor
+from fasttda.ops._checks import check_float_tensor, check_seed
 from fasttda.ops.project import matrix_reference, _scale
 
 KINDS = ("rademacher", "gaussian")
@@ -45,7 +45,7 @@ _SIDE_TAGS = (b"fasttda.factored.in", b"fasttda.factored.out")
 
 def factored_seeds(seed: int) -> tuple[int, int]:
     """``(seed_in, seed_out)`` for P_in and P_out, derived from ``seed`` (see module docstring)."""
-    _check_seed(seed)
+    seed = check_seed(seed)
     return tuple(  # type: ignore[return-value]
         int.from_bytes(hashlib.blake2b(tag + seed.to_bytes(8, "little"), digest_size=8).digest(), "little")
         for tag in _SIDE_TAGS
@@ -95,7 +95,7 @@ def check_factored_args(x, dy, k_in, k_out, seed, mask, kind):
     for name, k in (("k_in", k_in), ("k_out", k_out)):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"{name} must be an int >= 1, got {k!r}")
-    _check_seed(seed)
+    check_seed(seed)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if mask is None:
@@ -111,13 +111,6 @@ def check_factored_args(x, dy, k_in, k_out, seed, mask, kind):
     if bool(((mask != 0) & (mask != 1)).any()):
         raise ValueError("mask must hold only 0 and 1")
     return mask != 0
-
-
-def _check_seed(seed) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
 
 
 # -- reference ------------------------------------------------------------------------------
