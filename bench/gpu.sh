@@ -48,7 +48,7 @@ else
   BUILD_LIMIT_S="${BUILD_LIMIT_S:-240}"; SUITE_LIMIT_S="${SUITE_LIMIT_S:-120}"; EXT_TEST_S=60; RESERVE_S=200
   DEVICE="${BENCH_DEVICE:-cuda}"; QUICK="${BENCH_QUICK:-}"; EXT_KIND=cuda
   [ -n "$QUICK" ] && export BENCH_QUICK_FLAG=1
-  TESTS="${GPU_TESTS:-tests/ops tests/capture tests/test_scoring.py tests/test_dispatch.py tests/test_precondition.py}"
+  TESTS="${GPU_TESTS:-tests/ops tests/capture tests/test_scoring.py tests/test_host_syncs.py tests/test_dispatch.py tests/test_precondition.py}"
   EXT_TESTS="${EXT_TESTS:-tests/ops/test_project_cuda.py}"
 fi
 SUITES="${BENCH_SUITES:-score project quantize factored store capture e2e}"
