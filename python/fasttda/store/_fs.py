@@ -27,6 +27,8 @@ CHUNK = 1 << 24  # bytes per read when hashing a file
 def _refuse_link(path: Path, exc: OSError):
     if exc.errno in (errno.ELOOP, errno.EMLINK):
         raise CorruptStoreError(f"{path} is a symlink; a feature store holds no links (refused)", [str(path)]) from None
+    if exc.errno == errno.ENOTDIR and os.path.islink(path):
+        raise CorruptStoreError(f"{path} is a symlink; a feature store holds no links (refused)", [str(path)]) from None
     if exc.errno == errno.ENOTDIR:
         raise CorruptStoreError(f"{path} is not a directory (refused)", [str(path)]) from None
     raise exc
