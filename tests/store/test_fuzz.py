@@ -191,9 +191,10 @@ def _mutate_shards(store, rng, outside):
         shards.rename(dest)
         shards.symlink_to(dest)
     else:  # a link at the next (uncommitted) shard's name
-        (shards / "shard-000009.data").symlink_to(outside / "secret")
-        (shards / "shard-000003.norms").unlink(missing_ok=True)
-        (shards / "shard-000003.norms").symlink_to(outside / "secret")
+        for name in ("shard-000009.data", "shard-000003.norms"):
+            if not (shards / name).is_dir() or (shards / name).is_symlink():
+                (shards / name).unlink(missing_ok=True)
+                (shards / name).symlink_to(outside / "secret")
 
 
 # -- the checks ------------------------------------------------------------------------------------------------
