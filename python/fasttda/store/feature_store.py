@@ -225,11 +225,14 @@ class FeatureStore:
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, features, ids=None) -> None:
-        """Quantize and append rows ``[n, dim]`` (torch or numpy, float), with optional ids.
+        """Quantize and append rows ``[n, dim]`` (torch or numpy; float32, float64, float16 or
+        bfloat16), with optional ids.
 
-        ``ids``: a sequence of n ints or n strings, fixed per store by its first append;
-        None means running row indices. Rows with NaN/inf are rejected by id, nothing is
-        written. Rows become visible at the next `commit`.
+        ``ids``: a 1-D sequence of n ints or n strings (not a mix; strings valid UTF-8), fixed
+        per store by its first successful append; None means running row indices. Rows with
+        NaN/inf (or float64 beyond float32's range) are rejected by id, nothing is written.
+        Rows become visible at the next `commit`. If writing fails (e.g. ``OSError`` ENOSPC),
+        this batch is undone and rows appended before it stay pending.
         """
         self._check_writer()
         x = as_float_tensor(features)
@@ -333,7 +336,14 @@ class FeatureStore:
                 writer.close()
 
     def commit(self) -> None:
-        """Make every appended row durable and visible: fsync the shards, then replace the manifest."""
+        """Make every appended row durable and visible: fsync the shards, then replace the manifest.
+
+        If this raises (e.g. ``OSError`` ENOSPC on a full disk), every pending row is dropped
+        and the store stays as it was at the last commit, open for appending: append those
+        rows again. (An fsync that failed once cannot be trusted to have written them.) The
+        one exception: if only the final fsync of the directory failed, the new manifest is
+        already in place, the rows are committed and ``len(self)`` counts them.
+        """
         self._check_writer()
         if not self._pending:
             return
