@@ -10,7 +10,7 @@ import os
 
 import click
 
-FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3")
+FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
 
 
 def one_line_errors(fn):

@@ -121,7 +121,7 @@ def prepare_kernels(log=print) -> dict:
         return {"cpp": False, "seconds": time.perf_counter() - t0, "reason": str(exc).splitlines()[0]}
     seconds = time.perf_counter() - t0
     if seconds > 2:
-        log(f"C++ CPU kernels ready in {seconds:.0f} s (built once, cached); not counted in any timing")
+        log(f"C++ CPU kernels ready in {seconds:.0f} s (built on first use, then cached); not counted in any timing")
     return {"cpp": True, "seconds": seconds}
 
 
