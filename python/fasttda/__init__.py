@@ -8,6 +8,7 @@ GPU, triton, a compiler or a compiled extension:
 * ``fasttda.GradientCapture``: per-example projected gradients from a model.
 * ``fasttda.FeatureStore``: the on-disk, quantized, crash-safe feature store.
 * ``fasttda.score`` and ``fasttda.precondition``: streaming top-k over stores.
+* ``fasttda.pipeline``: index a data set at a checkpoint, featurize queries, check stores, score.
 * ``fasttda.dda``: Debias-and-Denoise attribution over checkpoints.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ _LAZY = {
     "ops": "fasttda.ops",
     "precondition": "fasttda.precondition",
     "dda": "fasttda.methods.dda",
+    "pipeline": "fasttda.pipeline",
     "GradientCapture": "fasttda.capture:GradientCapture",
     "FeatureStore": "fasttda.store:FeatureStore",
     "score": "fasttda.scoring:score",

@@ -33,8 +33,9 @@ class GradientCapture:
             pattern, or a list of them.
         projection: None (raw per-example gradients, each module's block is its weight
             gradient flattened in the weight's own layout, ``[out, in]`` for Linear and
-            ``[in, out]`` for Conv1D, then the bias when included), ``"factored"`` (16×16),
-            ``("factored", k_in[, k_out])`` or `Factored`, ``("dense", k)`` or `Dense`.
+            ``[in, out]`` for Conv1D, then the bias when included) or `Raw`, ``"factored"``
+            (16×16), ``("factored", k_in[, k_out])`` or `Factored`, ``("dense", k)`` or
+            `Dense`, or any text `Projection.parse` reads (``"sjlt:8192,s=4"``).
         seed: global seed. Factored blocks use ``module_seed(seed, name)`` (blake2b of the
             name keyed by the seed), which `ops.project_factored` splits into P_in/P_out
             seeds; dense uses ``seed`` for one matrix over all selected parameters, each

@@ -41,17 +41,17 @@ def build_layout(selected, projection, seed: int, include_bias: bool) -> Capture
         d_in, d_out = module_dims(module, kind)
         bias = bool(include_bias and getattr(module, "bias", None) is not None)
         numel = d_in * d_out + (d_out if bias else 0)
-        width = proj.block_width(projection, numel)
+        width = projection.width(numel)
         if isinstance(projection, proj.Dense):
             block_seed, lo = seed, 0
         else:
             block_seed, lo = module_seed(seed, name), start
             start += width
         blocks.append(ModuleBlock(name, kind, lora, d_in, d_out, bias, block_seed, param_offset, numel,
-                                  lo, lo + width, proj.block_shape(projection, kind, d_in, d_out)))
+                                  lo, lo + width, projection.block_shape(kind, d_in, d_out)))
         param_offset += numel
     total = projection.k if isinstance(projection, proj.Dense) else start
-    return CaptureLayout(tuple(blocks), total, proj.describe(projection), seed)
+    return CaptureLayout(tuple(blocks), total, projection.to_dict(), seed)
 
 
 class CaptureHooks:
@@ -61,8 +61,9 @@ class CaptureHooks:
         model: any ``torch.nn.Module`` (a Hugging Face or PEFT model, or your own).
         modules: None (all Linear/Conv1D but the output embedding), a glob/``"re:"`` name
             pattern, or a list of them; see `select_modules`.
-        projection: None (raw per-example gradients), ``"factored"`` (16×16),
-            ``("factored", k_in[, k_out])``, ``("dense", k)``, or a `Factored`/`Dense`.
+        projection: a `Projection` spec (`Factored`, `Dense`, `Raw`), None (raw per-example
+            gradients), ``"factored"`` (16×16), ``("factored", k_in[, k_out])``,
+            ``("dense", k)``, or text such as ``"sjlt:8192,s=4"`` (see `Projection.parse`).
         seed: global seed in [0, 2**64); module seeds are ``module_seed(seed, name)``.
         lora_only: capture only PEFT LoRA ``lora_A``/``lora_B`` adapters.
         include_bias: add each module's bias gradient (for factored: x gets a column of ones).
@@ -75,7 +76,7 @@ class CaptureHooks:
     def __init__(self, model: nn.Module, modules=None, *, projection="factored", seed: int = 0,
                  lora_only: bool = False, include_bias: bool = False, hold_inputs: bool = False,
                  backend: str | None = "auto"):
-        self.projection = proj.parse_projection(projection)
+        self.projection = proj.Projection.parse(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")
         selected = select_modules(model, modules, lora_only=lora_only)

@@ -19,8 +19,9 @@ from fasttda.demo import evaluate as ev
 from fasttda.demo import model as model_mod
 from fasttda.demo import report as report_mod
 from fasttda.demo import train as train_mod
-from fasttda.methods import _backend, dda
-from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
+from fasttda import pipeline
+from fasttda.methods import dda
+from fasttda.pipeline import load_checkpoint
 
 
 @dataclass
@@ -179,14 +180,13 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
         f"query loss on the {'hallucinated entity' if config.query_loss == 'span' else 'whole summary'}")
 
     # one store per checkpoint; queries' features at each
-    capture = dda.CaptureConfig(ProjectionSpec.parse(config.projection, seed=config.seed), None,
-                                config.max_length, batch_size=config.index_batch_size)
+    capture = pipeline.CaptureConfig(config.projection, None, config.max_length, config.index_batch_size, config.seed)
     stores, q_feats, index_s, query_s = [], [], [], []
     fit = {p: {} for p in range(len(corpus.pairs))}
     fingerprints = {}
     for c, path in enumerate([base_dir] + epoch_dirs):
         ckpt = load_checkpoint(path)
-        fingerprints["base" if c == 0 else f"epoch{c}"] = ckpt.fingerprint
+        fingerprints["base" if c == 0 else f"epoch{c}"] = _weights_sha256(ckpt.model)
         t0 = time.perf_counter()
         for p, (_, target) in enumerate(corpus.pairs):
             fit[p][f"ckpt{c}"] = ev.swap_token_losses(ckpt.model, ckpt.tokenizer,
@@ -194,11 +194,11 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                                                       config.max_length)
         phases["fit diagnostics"] = phases.get("fit diagnostics", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
-        stores.append(dda.index(ckpt, train, out / "stores" / f"ckpt{c}", capture, fmt=config.fmt,
+        stores.append(pipeline.index(ckpt, train, out / "stores" / f"ckpt{c}", capture, fmt=config.fmt,
                                 progress=progress))
         index_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        q_feats.append(dda.query_features(ckpt, [q.example for q in queries], capture))
+        q_feats.append(pipeline.query_features(ckpt, [q.example for q in queries], capture))
         query_s.append(time.perf_counter() - t0)
     phases["index"], phases["query features"] = sum(index_s), sum(query_s)
     fingerprints["last"] = fingerprints[f"epoch{config.epochs}"]
@@ -216,9 +216,9 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
         t0 = time.perf_counter()
         pre = None
         if precondition:
-            pre = [preconditioners.setdefault(c, _backend.fit_preconditioner(stores[c], config.damping))
+            pre = [preconditioners.setdefault(c, pipeline.fit_preconditioner(stores[c], config.damping))
                    for c, _ in plan]
-        values, indices = dda.score_checkpoints([q_feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
+        values, indices = pipeline.score_stores([q_feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
                                                 [w for _, w in plan], k=len(train), normalize=normalize,
                                                 preconditioners=pre)
         dense = torch.empty(values.shape, dtype=torch.float64).scatter_(1, indices.long(), values.double())
@@ -239,7 +239,7 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     cfg.update(n_swapped=sum(r.swap is not None for r in corpus.train), model_parameters=n_params,
                n_queries=len(queries), n_generated_queries=n_generated,
                n_teacher_forced_queries=len(queries) - n_generated, epoch_learning_rates=epoch_lrs,
-               train_s=train_s, total_s=time.perf_counter() - t_start, implementation=_backend.implementation(),
+               train_s=train_s, total_s=time.perf_counter() - t_start, implementation="fasttda.pipeline",
                torch=torch.__version__, machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
                fingerprints=fingerprints, environment=environment(), kernels=kernels,
                deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
@@ -248,6 +248,13 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     cfg["total_s"] = time.perf_counter() - t_start
     log(f"wrote {paths['md']}, {paths['json']} and {paths['png']} in {cfg['total_s']:.0f} s")
     return {"methods": methods, "pairs": pairs, "config": cfg}
+
+
+def _weights_sha256(model) -> str:
+    """The first 16 hex digits of the SHA-256 of every weight: equal only for bitwise equal models."""
+    from fasttda.store import model_fingerprint
+
+    return model_fingerprint(model)["sha256"][:16]
 
 
 def environment() -> dict:
