@@ -36,7 +36,7 @@ class TopK(NamedTuple):
 
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
-          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto") -> TopK:
+          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto", on_chunk=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
     Args:
@@ -52,6 +52,7 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         device: where scoring runs (default: the queries' device). With ``"cuda"`` and stores
             on disk, chunks are prefetched to the GPU while the previous one is scored.
         backend: the op's backend (`fasttda.ops.score_topk`).
+        on_chunk: called with the number of rows after each chunk is merged (progress bars).
     """
     multi = isinstance(stores, (list, tuple))
     store_list = list(stores) if multi else [stores]
@@ -85,6 +86,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             weights=weights, normalize=normalize, fmt=[g.fmt for g in group] if multi else group[0].fmt,
             backend=backend)
         merger.add(values, local + start, group[0])
+        if on_chunk is not None:
+            on_chunk(group[0].data.shape[0])
     return merger.result(query_list[0].shape[0], device)
 
 
