@@ -1,7 +1,6 @@
 """Multi-seed aggregation and the README's demo table, on hand-made single-seed reports."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest

@@ -3,7 +3,6 @@ every method → report. Every random choice comes from ``DemoConfig.seed``."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import platform
 import random
 import time
