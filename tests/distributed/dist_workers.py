@@ -47,7 +47,7 @@ def score_scenario(rank, world, args, out):
     stores = [FeatureStore.open(p) for p in args["stores"]]
     q = [torch.from_numpy(np.load(p)) for p in args["queries"]]
     for name, kw in args["calls"].items():
-        single = len(stores) == 1 and not kw.get("multi")
+        single = not kw.get("multi")
         result = fasttda.score(q[0] if single else q[: len(stores)], stores[0] if single else stores, **kw["kw"])
         _save(out, name, result)
     # a mismatched call is refused on every rank instead of hanging
