@@ -16,12 +16,17 @@ fasttda builds no launcher of its own: it runs inside the process group that ``t
 from fasttda.distributed.comm import DistributedError, init_from_env, is_active, rank_world
 from fasttda.distributed.score import DistTopK, score
 
-__all__ = ["DistTopK", "DistributedError", "index", "init_from_env", "is_active", "rank_world", "score"]
+__all__ = ["DistTopK", "DistributedError", "index", "init_from_env", "is_active", "query_features", "rank_world",
+           "score"]
 
 
-def __getattr__(name):
+def __getattr__(name):  # the pipeline (and so transformers) is imported only when indexing
     if name == "index":
         from fasttda.distributed.index import index
 
         return index
+    if name == "query_features":
+        from fasttda.distributed.features import query_features
+
+        return query_features
     raise AttributeError(f"module 'fasttda.distributed' has no attribute {name!r}")
