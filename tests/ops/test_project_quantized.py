@@ -67,7 +67,7 @@ def test_triton_fused_matches_project_then_quantize(gen, fmt, kind, shape, k):
 
 @needs_triton
 def test_triton_unfused_width(gen, monkeypatch):
-    import fasttda.kernels.project_quantize as pq
+    import fasttda.kernels.project_quantized as pq
 
     monkeypatch.setattr(pq, "FUSED_MAX_DIM", 16)
     x = torch.randn(4, 30, generator=gen)

@@ -73,8 +73,8 @@ def score_topk(queries, rows, *, k: int, scales=None, norms=None, weights=None, 
     q = terms.queries[0].shape[0]
     if k == 0:
         return torch.empty(q, 0, device=terms.device), torch.empty(q, 0, dtype=torch.int64, device=terms.device)
-    _, impl = SCORE_TOPK.resolve(backend, terms.device)
-    values, indices = impl(terms.queries, terms.rows, terms.factors, terms.fmts, k)
+    values, indices = torch.ops.fasttda.score_topk(terms.queries, terms.rows, terms.factors, ",".join(terms.fmts), k,
+                                                   backend or "auto")
     check_finite_scores(values)
     return values, indices
 
