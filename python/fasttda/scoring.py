@@ -59,14 +59,14 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             process group with more than one rank is initialized (e.g. under ``torchrun``);
             pass False to score locally on each rank anyway.
         split: under ``distributed``: ``"rows"``, ``"queries"`` or ``"auto"`` (from the
-            shapes); see `fasttda.distributed.score`. The result then also carries ``split``.
+            shapes); see `fasttda.distributed.scoring`. The result then also carries ``split``.
     """
     if distributed is None:
         from fasttda.distributed.comm import is_active
 
         distributed = is_active(group)
     if distributed:
-        from fasttda.distributed.score import score as distributed_score
+        from fasttda.distributed.scoring import score as distributed_score
 
         return distributed_score(queries, stores, k=k, weights=weights, normalize=normalize,
                                  preconditioner=preconditioner, chunk_rows=chunk_rows, device=device,

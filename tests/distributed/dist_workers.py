@@ -5,7 +5,6 @@ the parent test checks as ``.npy`` files (never pickles) under ``out/rank<r>/``.
 """
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from pathlib import Path
@@ -77,6 +76,8 @@ def index_scenario(rank, world, args, out):
     _save(out, "index_score", __import__("fasttda").score(queries, store, k=9, chunk_rows=4))
     if args.get("capture"):
         capture_scenario(rank, world, args, out)
+    if args.get("score"):
+        score_scenario(rank, world, args["score"], out)
 
 
 def _die_after(model, calls: int) -> None:
@@ -148,5 +149,22 @@ def load(out: Path, rank: int, name: str):
             (d / f"{name}.split").read_text())
 
 
-def dumps(obj) -> str:
-    return json.dumps(obj)
+def check_scores(setup, out, world):
+    """What `dist_workers.score_scenario` wrote equals single-process scoring (called from
+    the index tests, which run it in the same spawned processes)."""
+    _, _, _, calls, single = setup
+    for name in calls:
+        want = single[name]
+        for rank in range(world):
+            values, indices, ids, split = load(out, rank, name)
+            assert split == calls[name]["kw"].get("split", split)
+            # identical, ties included (integer data keeps every score exact for the query split too)
+            np.testing.assert_array_equal(indices, want.indices.numpy(), err_msg=f"{name} rank {rank}")
+            if split == "rows":
+                np.testing.assert_array_equal(values, want.values.numpy(), err_msg=f"{name} rank {rank}")
+            else:
+                np.testing.assert_allclose(values, want.values.numpy(), rtol=1e-6, atol=1e-5)
+            np.testing.assert_array_equal(ids, np.asarray(want.ids).astype(str))
+    assert load(out, 0, "auto")[3] in ("rows", "queries")
+    msg = (out / "rank0" / "mismatch.txt").read_text()
+    assert "disagree" in msg and "every rank must make the same call" in msg

@@ -13,9 +13,9 @@ import torch
 
 from fasttda import FeatureStore, pipeline
 from fasttda.data import load_jsonl
-from fasttda.distributed.index import parts_dir, slices
+from fasttda.distributed.indexing import parts_dir, slices
 
-from dist_workers import load, spawn
+from dist_workers import check_scores, load, spawn
 from tiny_models import make_checkpoints, make_rows, write_jsonl
 
 N_EXAMPLES, BATCH = 23, 4
@@ -48,27 +48,32 @@ def _assert_same_store(got_path: Path, want: FeatureStore):
     assert not parts_dir(got_path).exists()
 
 
-@pytest.mark.parametrize("world", [2, 3])
-def test_distributed_index_equals_single_process(single, world):
+def _score_args(score_setup):
+    _, stores, qpaths, calls, _ = score_setup
+    return {"stores": stores, "queries": qpaths, "calls": calls}
+
+
+def test_three_ranks_index_score_and_capture(single, score_setup):
+    """One spawn of 3 ranks checks indexing, scoring and capture (spawning costs seconds)."""
     tmp, want, args = single
-    out = tmp / f"out{world}"
-    path = tmp / f"store{world}"
-    spawn(world, "index", dict(args, out=str(out), store=str(path), capture=world == 3), tmp)
+    world, out, path = 3, tmp / "out3", tmp / "store3"
+    spawn(world, "index", dict(args, out=str(out), store=str(path), capture=True,
+                               score=_score_args(score_setup)), tmp)
     _assert_same_store(path, want)
+    check_scores(score_setup, out, world)
     first = load(out, 0, "index_score")
     for rank in range(1, world):
         for a, b in zip(first, load(out, rank, "index_score")):
             np.testing.assert_array_equal(a, b)
-    if world == 3:  # DDP and FSDP2 capture, checked in the same spawn
-        for rank in range(world):
-            d = out / f"rank{rank}"
-            plain = np.load(d / "plain.npy")
-            assert np.abs(plain).max() > 0
-            for got in (*np.load(d / "ddp.npy"), np.load(d / "fsdp.npy")):
-                np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
+    for rank in range(world):  # DDP and FSDP2 capture
+        d = out / f"rank{rank}"
+        plain = np.load(d / "plain.npy")
+        assert np.abs(plain).max() > 0
+        for got in (*np.load(d / "ddp.npy"), np.load(d / "fsdp.npy")):
+            np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-6 * np.abs(plain).max())
 
 
-def test_killed_rank_resumes_and_other_rank_counts_are_refused(single):
+def test_two_ranks_killed_rank_resumes_and_other_rank_counts_are_refused(single, score_setup):
     tmp, want, args = single
     path, out = tmp / "killed", tmp / "killed_out"
     with pytest.raises(AssertionError):  # rank 1 dies after two batches of its slice
@@ -85,8 +90,10 @@ def test_killed_rank_resumes_and_other_rank_counts_are_refused(single):
         assert "being built by 2 ranks" in msg and "not 3" in msg
     assert not path.exists() and parts.exists()  # nothing touched
 
-    spawn(2, "index", dict(args, out=str(out / "c"), store=str(path), resume=True), tmp)
+    spawn(2, "index", dict(args, out=str(out / "c"), store=str(path), resume=True,
+                           score=_score_args(score_setup)), tmp)
     _assert_same_store(path, want)
+    check_scores(score_setup, out / "c", 2)
 
 
 def test_slices_are_contiguous_and_batch_aligned():

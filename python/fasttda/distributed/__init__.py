@@ -13,16 +13,16 @@ fasttda builds no launcher of its own: it runs inside the process group that ``t
 * Capture of models wrapped in DDP or sharded with FSDP2 (``fully_shard``) works through
   `fasttda.GradientCapture` as for the plain model.
 """
-from fasttda.distributed.comm import DistributedError, init_from_env, is_active, rank_world
-from fasttda.distributed.score import DistTopK, score
+from fasttda.distributed.comm import DistributedError, init_from_env, is_active, join_torchrun, rank_world
+from fasttda.distributed.scoring import DistTopK, score
 
-__all__ = ["DistTopK", "DistributedError", "index", "init_from_env", "is_active", "query_features", "rank_world",
+__all__ = ["DistTopK", "DistributedError", "index", "init_from_env", "is_active", "join_torchrun", "query_features", "rank_world",
            "score"]
 
 
 def __getattr__(name):  # the pipeline (and so transformers) is imported only when indexing
     if name == "index":
-        from fasttda.distributed.index import index
+        from fasttda.distributed.indexing import index
 
         return index
     if name == "query_features":

@@ -57,6 +57,18 @@ def init_from_env(device: str | None = None, timeout_s: float = 1800.0) -> bool:
     return True
 
 
+def join_torchrun(device: str | None = None) -> tuple[int, int]:
+    """For a command: join the process group ``torchrun`` described, if any, and leave it when
+    the process exits; returns ``(rank, world)`` (``(0, 1)`` when not launched by torchrun)."""
+    if init_from_env(device):
+        import atexit
+
+        import torch.distributed as dist
+
+        atexit.register(lambda: dist.is_initialized() and dist.destroy_process_group())
+    return rank_world()
+
+
 def comm_device(group=None) -> torch.device:
     """Where collective tensors must live for the group's backend (CUDA for NCCL)."""
     import torch.distributed as dist

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from fasttda.distributed import comm
-from fasttda.distributed.index import slices
+from fasttda.distributed.indexing import slices
 
 
 def query_features(checkpoint, queries: Sequence, config, *, progress: bool = False, group=None) -> torch.Tensor:
