@@ -25,7 +25,21 @@ def test_row_ranges_cut_at_chunk_starts(tmp_path):
 
 
 def test_choose_split_from_shapes():
-    assert choose_split(n_queries=4, n_chunks=100, store_bytes=1 << 34, world=4) == "rows"
-    assert choose_split(n_queries=10_000, n_chunks=100, store_bytes=1 << 20, world=4) == "queries"
-    assert choose_split(n_queries=10_000, n_chunks=100, store_bytes=1 << 34, world=4) == "rows"
-    assert choose_split(n_queries=8, n_chunks=1, store_bytes=1 << 20, world=4) == "queries"
+    assert choose_split(n_queries=4, store_bytes=1 << 34, world=4) == "rows"
+    assert choose_split(n_queries=10_000, store_bytes=1 << 20, world=4) == "queries"
+    assert choose_split(n_queries=10_000, store_bytes=1 << 34, world=4) == "rows"
+    assert choose_split(n_queries=8, store_bytes=1 << 20, world=4) == "rows"   # too few queries to pay
+
+
+def test_a_rank_with_no_rows_contributes_nothing(tmp_path):
+    import fasttda
+    from fasttda.distributed.scoring import _RowView
+
+    rows = torch.randn(9, 4, generator=torch.Generator().manual_seed(2))
+    store = FeatureStore.create(tmp_path / "s", 4, "fp32")
+    store.append(rows)
+    store.commit()
+    store.close()
+    store = FeatureStore.open(tmp_path / "s")
+    empty = fasttda.score(rows[:3], _RowView(store, 9, 9), k=5, distributed=False)
+    assert empty.values.shape == (3, 0) and empty.indices.shape == (3, 0)

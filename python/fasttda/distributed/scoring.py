@@ -13,9 +13,9 @@ Two ways to split, chosen from the shapes (``split="auto"``) or by the caller:
   process up to the float rounding of a query batch of another size (a GEMM may sum in
   another order for another number of rows), so near-ties can order differently.
 
-``auto`` takes ``"rows"`` when every rank gets at least one chunk of rows, and when the
-stores are larger than ``QUERY_SPLIT_MAX_BYTES`` or the queries fewer than
-``QUERY_SPLIT_MIN_QUERIES``; otherwise ``"queries"``.
+``auto`` takes ``"queries"`` only when it pays: stores of at most ``QUERY_SPLIT_MAX_BYTES``
+and at least ``QUERY_SPLIT_MIN_QUERIES`` queries per rank; otherwise ``"rows"`` (ranks whose
+range is empty, when the store has fewer chunks than ranks, just contribute nothing).
 """
 from __future__ import annotations
 
@@ -62,9 +62,7 @@ def row_ranges(starts: list[int], n_rows: int, world: int) -> list[tuple[int, in
     return [(bounds[i], bounds[i + 1]) for i in range(world)]
 
 
-def choose_split(n_queries: int, n_chunks: int, store_bytes: int, world: int) -> str:
-    if n_chunks < world and n_queries >= world:
-        return "queries"
+def choose_split(n_queries: int, store_bytes: int, world: int) -> str:
     if store_bytes <= QUERY_SPLIT_MAX_BYTES and n_queries >= QUERY_SPLIT_MIN_QUERIES * world:
         return "queries"
     return "rows"
@@ -103,7 +101,7 @@ def score(queries, stores, *, k: int, split: str = "auto", chunk_rows: int, grou
     _check_combinable(store_list)
     starts = chunk_starts(store_list[0], chunk_rows)
     store_bytes = sum(_nbytes(s) for s in store_list)
-    chosen = choose_split(n_q, len(starts), store_bytes, world) if split == "auto" else split
+    chosen = choose_split(n_q, store_bytes, world) if split == "auto" else split
     if chosen == "queries":
         return _by_queries(local_score, queries, stores, multi, query_list, n_q, k, chunk_rows, rank, world,
                            group, kwargs)
