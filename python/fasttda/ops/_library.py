@@ -75,7 +75,8 @@ def _project_body(x, out_dim, kind, k_row, k_col, offset, s, backend):
 
 
 def _factored_body(x, dy, mask, k_in, k_out, kind, keys, backend):
-    _, impl = _op_module("project_factored").PROJECT_FACTORED.resolve(backend, common_device(x, dy, mask, names=("x", "dy", "mask")))
+    device = common_device(x, dy, mask, names=("x", "dy", "mask"))
+    _, impl = _op_module("project_factored").PROJECT_FACTORED.resolve(backend, device)
     return impl(x, dy, mask, k_in, k_out, kind, (keys[0], keys[1]), (keys[2], keys[3]))
 
 
