@@ -64,7 +64,7 @@ def test_public_ops_equal_the_custom_ops(gen):
     assert torch.equal(fasttda.ops.project(x, 8, seed=9, backend="reference"),
                        torch.ops.fasttda.project(x, 8, "rademacher", k_row, k_col, 0, 1, "reference"))
     data, scale = fasttda.ops.quantize(x, "fp32", backend="reference")
-    assert scale is None and torch.equal(data, x) and data.data_ptr() != x.data_ptr()
+    assert scale is None and torch.equal(data, x)
 
 
 def test_compiled_ops_are_one_graph(gen):

@@ -70,7 +70,8 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               data: str | os.PathLike | Sequence[Example], queries: str | os.PathLike | Sequence[Example],
               out: str | os.PathLike, *, mode: str = "dda", beta: float = 1.0, lr: Sequence[float] | None = None,
               normalize: bool = True, precondition: bool = False, damping: float = 1e-3, k: int = 50,
-              projection: str = pipeline.DEFAULT_PROJECTION, seed: int = 0, fmt: str = "fp32", modules: Sequence[str] | None = None, batch_size: int = 16,
+              projection: str = pipeline.DEFAULT_PROJECTION, seed: int = 0, fmt: str = "fp32",
+              modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
               fields: dict | None = None, target_field: str | None = "target") -> pipeline.Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take

@@ -2,7 +2,7 @@
 
 Each op takes ``backend="auto"|"reference"|"triton"|"cuda"|"cpp"`` (see `fasttda._dispatch`)
 and is also a PyTorch custom op, ``torch.ops.fasttda.<name>`` (see `fasttda.ops._library`),
-which importing this package registers. The op modules import only torch, so importing
+which importing any op registers. The op modules import only torch, so importing
 them here is cheap. ``fasttda.ops.project`` is both a module and a function; importing the
 functions here makes the function the package attribute.
 """
@@ -13,8 +13,6 @@ from fasttda.ops.project_factored import factored_seeds, project_factored
 from fasttda.ops.project_quantized import QuantizedRows, project_quantized
 from fasttda.ops.quantize import dequantize, quantize
 from fasttda.ops.score import score_dense, score_topk
-
-from fasttda.ops import _library  # noqa: E402,F401  (registers torch.ops.fasttda.*; needs the modules above)
 
 __all__ = sorted(["QuantizedRows", "dequantize", "factored_seeds", "project", "project_factored",
                   "project_quantized", "projection_matrix", "quantize", "score_dense", "score_topk"])

@@ -33,6 +33,7 @@ import hashlib
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
 from fasttda.ops._checks import as_token_mask, check_float_tensor, check_seed
 from fasttda.ops.project import matrix_reference, _scale
@@ -82,7 +83,7 @@ def project_factored(
     seed_in, seed_out = factored_seeds(seed)
     keys_in, keys_out = ch.seed_keys(seed_in, kind), ch.seed_keys(seed_out, kind)
     common_device(x, dy, mask, names=("x", "dy", "mask"))
-    return torch.ops.fasttda.project_factored(x, dy, mask, k_in, k_out, kind, [*keys_in, *keys_out], backend or "auto")
+    return _library.call("project_factored", x, dy, mask, k_in, k_out, kind, [*keys_in, *keys_out], backend or "auto")
 
 
 # -- argument checks ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from fasttda._dispatch import Op
+from fasttda.ops import _library
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 
@@ -80,8 +81,7 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
     if fmt == "bf16" and x.dtype == torch.float32 and x.numel() and x.abs().max() > BF16_MAX:
         raise ValueError("x has values beyond the bf16 range ±3.39e38 (they would round to inf); use a scaled format")
-    data, scale = torch.ops.fasttda.quantize(x, fmt, backend or "auto")
-    return data, scale if fmt in SCALED_QMAX else None
+    return _library.call("quantize", x, fmt, backend or "auto")
 
 
 def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +115,7 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim:
         dim = data.shape[1] * 2 if fmt == "int4" else data.shape[1]
     elif stored_width(fmt, dim) != data.shape[1]:
         raise ValueError(f"dim={dim} does not match data width {data.shape[1]} for fmt={fmt!r}")
-    return torch.ops.fasttda.dequantize(data, scale, fmt, dim, backend or "auto")
+    return _library.call("dequantize", data, scale, fmt, dim, backend or "auto")
 
 
 # -- reference ------------------------------------------------------------------------------

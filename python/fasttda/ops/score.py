@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.ops import _library
 from fasttda.ops.quantize import FP8, SCALED_QMAX, check_format, storage_dtype, stored_width, unpack_int4
 
 SCORE_BUFFER_BYTES = 32 << 20  # one chunk of scores, Q × chunk float32
@@ -73,8 +74,8 @@ def score_topk(queries, rows, *, k: int, scales=None, norms=None, weights=None, 
     q = terms.queries[0].shape[0]
     if k == 0:
         return torch.empty(q, 0, device=terms.device), torch.empty(q, 0, dtype=torch.int64, device=terms.device)
-    values, indices = torch.ops.fasttda.score_topk(terms.queries, terms.rows, terms.factors, ",".join(terms.fmts), k,
-                                                   backend or "auto")
+    values, indices = _library.call("score_topk", terms.queries, terms.rows, terms.factors, ",".join(terms.fmts), k,
+                                    backend or "auto")
     check_finite_scores(values)
     return values, indices
 
