@@ -127,6 +127,31 @@ def test_symlinked_shard_file_is_refused_and_its_target_untouched(tmp_path, gen)
     assert outside.read_bytes() == before and outside.stat().st_size == len(before)
 
 
+def test_the_reported_attack_an_empty_shard_entry_over_a_link(tmp_path, gen):
+    """Issue 11's repro: a link at shards/shard-000002.data to an outside file plus a manifest entry
+    for an empty shard-000002 made open(mode="append") truncate that file and write rows into it."""
+    path = tmp_path / "s"
+    x = _store(path, gen, n=8, ids=False)
+    outside = tmp_path / "victim.bin"
+    outside.write_bytes(b"do not truncate me")
+    m = _manifest(path)
+    empty = hashlib.sha256(b"").hexdigest()
+    m["shards"].append({"name": "shard-000002", "rows": 0, "files": {
+        r: {"file": f"shard-000002.{r}", "bytes": 0, "sha256": empty} for r in ("data", "norms")}})
+    _write_manifest(path, m)
+    (path / "shards" / "shard-000002.data").symlink_to(outside)
+    (path / "shards" / "shard-000002.norms").write_bytes(b"")
+    with pytest.raises(CorruptStoreError, match="shard-000002 'rows' must be an int in \\[1"):
+        FeatureStore.open(path, mode="append")
+    assert outside.read_bytes() == b"do not truncate me"
+    m["shards"].pop()
+    _write_manifest(path, m)
+    with FeatureStore.open(path, mode="append") as s:  # repaired: the link at an uncommitted name is dropped
+        s.append(x[:2])
+    assert outside.read_bytes() == b"do not truncate me"
+    assert torch.equal(FeatureStore.open(path, verify="full").read(), torch.cat([x, x[:2]]))
+
+
 def test_links_at_uncommitted_names_are_removed_not_followed(tmp_path, gen):
     path = tmp_path / "s"
     x = _store(path, gen, n=8, ids=False)  # two full shards: the next append creates shard-000002

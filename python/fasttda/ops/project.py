@@ -63,9 +63,8 @@ def project(
 
 def choose_backend(backend: str, kind: str, device: torch.device):
     """The implementation the op ``project`` runs (see `fasttda.ops._library`)."""
-    name, impl = PROJECT.resolve(backend, device)
-    if name == "cuda" and kind != "rademacher" and backend in (None, "auto"):
-        name, impl = PROJECT.resolve("triton", device)  # the CUDA kernel covers Rademacher only
+    unsupported = {} if kind == "rademacher" else {"cuda": f"covers kind='rademacher' only, got kind={kind!r}"}
+    _, impl = PROJECT.resolve(backend, device, unsupported)
     return impl
 
 
