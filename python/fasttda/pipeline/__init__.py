@@ -46,6 +46,7 @@ from fasttda.pipeline.ranking import Attribution, fit_preconditioner, score_stor
 
 __all__ = [
     "Attribution", "CaptureConfig", "Checkpoint", "CheckpointError", "DEFAULT_PROJECTION", "StoreMismatch",
-    "check_same_tokenizer", "check_store", "create_store", "features", "fit_preconditioner", "index", "load_checkpoint",
-    "load_tokenizer", "open_store", "quantized_rows", "query_features", "sampled_fingerprint", "score_stores", "store_config",
+    "check_same_tokenizer", "check_store", "create_store", "features", "fit_preconditioner", "index",
+    "load_checkpoint", "load_tokenizer", "open_store", "quantized_rows", "query_features", "sampled_fingerprint",
+    "score_stores", "store_config",
 ]

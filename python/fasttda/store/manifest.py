@@ -77,7 +77,8 @@ def new_manifest(dim: int, fmt: str, *, meta=None, spec=None, fingerprint=None, 
     spec = json_value(spec, "spec")
     if spec is not None:
         if not isinstance(spec, dict):
-            raise TypeError(f"spec must be a mapping (see fasttda.pipeline.CaptureConfig.spec), got {type(spec).__name__}")
+            raise TypeError(f"spec must be a mapping (see fasttda.pipeline.CaptureConfig.spec), "
+                            f"got {type(spec).__name__}")
         out_dim = spec.get("out_dim", dim)
         if out_dim != dim:
             raise ValueError(f"spec['out_dim']={out_dim} does not match the store's dim={dim}")
