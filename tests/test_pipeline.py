@@ -87,3 +87,36 @@ def test_a_store_written_before_the_spec_type_still_opens(checkpoint):
     assert (config.projection, config.seed, config.max_length) == (Factored(2, 3), 5, 32)
     pipeline.check_store(store, checkpoint=ckpt, config=config)
     torch.testing.assert_close(pipeline.query_features(ckpt, examples[:2], config), store.read())
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8_e4m3", "bf16"])
+def test_rows_quantized_before_the_copy_equal_the_store_quantizing_them(checkpoint, fmt):
+    """index quantizes on the capture device and appends the quantized rows; the store is the
+    one `FeatureStore.append` writes from the float rows (same norms and quantize: bitwise)."""
+    ckpt, examples, root = checkpoint
+    config = pipeline.CaptureConfig("factored:3x5", None, 32, batch_size=4, seed=2)
+    fused = pipeline.index(ckpt, examples, root / f"dev-{fmt}", config, fmt=fmt)
+    feats = pipeline.query_features(ckpt, examples, config)
+    with FeatureStore.create(root / f"host-{fmt}", feats.shape[1], fmt) as host:
+        host.append(feats)
+    host = FeatureStore.open(root / f"host-{fmt}")
+    (a,), (b,) = list(fused.iter_chunks()), list(host.iter_chunks())
+    assert torch.equal(a.data.view(torch.uint8), b.data.view(torch.uint8)) and torch.equal(a.norms, b.norms)
+    assert (a.scale is None and b.scale is None) or torch.equal(a.scale, b.scale)
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8_e4m3"])
+def test_quantized_rows_through_the_triton_kernel(monkeypatch, gen, fmt):
+    """On a GPU `quantized_rows` runs the Triton quantize (here under TRITON_INTERPRET=1):
+    bitwise the reference that `FeatureStore.append` applies on the host."""
+    from fasttda._dispatch import triton_import_error, triton_interpreted
+    from fasttda.ops.quantize import quantize
+
+    if triton_import_error() or not triton_interpreted():
+        pytest.skip("needs triton and TRITON_INTERPRET=1 (as CI runs)")
+    feats = torch.randn(6, 37, generator=gen) * torch.rand(6, 1, generator=gen).add(0.1)
+    monkeypatch.setenv("FASTTDA_BACKEND", "triton")
+    data, scale, norms = pipeline.quantized_rows(feats, fmt)
+    ref_data, ref_scale = quantize(feats, fmt, backend="reference")
+    assert torch.equal(data.view(torch.uint8), ref_data.view(torch.uint8)) and torch.equal(scale, ref_scale)
+    torch.testing.assert_close(norms, feats.double().norm(dim=1).float(), rtol=1e-6, atol=0)

@@ -1,6 +1,7 @@
 """Multi-seed aggregation and the README's demo table, on hand-made single-seed reports."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,8 @@ def test_readme_block_replacement_round_trip():
     assert "Not claimed, because the sign differs between seeds" in new
     with pytest.raises(ValueError, match="exactly one"):
         readme.replace_block("no markers", "x")
+def test_the_readme_table_is_generated_from_the_committed_summary():
+    summary = json.loads((ROOT / readme.SUMMARY).read_text())
+    block = readme.block_of((ROOT / "README.md").read_text())
+    assert block == readme.render(summary), "regenerate it: python -m fasttda.demo.readme README.md"
+    assert len(summary["seeds"]) >= 2  # 3 were started; seed 2 had not finished on the loaded machine

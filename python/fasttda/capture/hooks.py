@@ -32,7 +32,9 @@ import torch
 from torch import nn
 
 from fasttda.capture import projection as proj
+from fasttda.ops._checks import as_token_mask
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
+from fasttda.capture.wrappers import unwrap_parallel
 
 
 def build_layout(selected, projection, seed: int, include_bias: bool) -> CaptureLayout:
@@ -79,6 +81,7 @@ class CaptureHooks:
         self.projection = proj.Projection.parse(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")
+        model = unwrap_parallel(model)
         selected = select_modules(model, modules, lora_only=lora_only)
         self.model = model
         self.layout = build_layout(selected, self.projection, seed, include_bias)
@@ -123,19 +126,12 @@ class CaptureHooks:
 
     # -- per batch ----------------------------------------------------------------------
     def set_token_mask(self, mask: torch.Tensor | None) -> None:
-        """``[B, T]`` mask (bool or 0/1) of the tokens that count; None counts all tokens.
+        """``[B, T]`` mask (bool, or integer or float 0/1) of the tokens that count; None counts all.
 
         Applies to the following forward passes. Modules whose inputs have T tokens use it;
         padding must be False here so that nothing at padding positions can leak in.
         """
-        if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-                raise ValueError(f"token mask must be a [B, T] tensor, got {getattr(mask, 'shape', mask)!r}")
-            if mask.dtype != torch.bool:
-                if mask.dtype.is_floating_point or bool(((mask != 0) & (mask != 1)).any()):
-                    raise ValueError("token mask must be bool or hold only 0 and 1")
-                mask = mask != 0
-        self._token_mask = mask
+        self._token_mask = as_token_mask(mask, "token mask")
 
     def pop_features(self, *, check_finite: bool = True) -> torch.Tensor:
         """The ``[B, layout.total_dim]`` float32 features accumulated since the last pop; resets.

@@ -39,12 +39,13 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 def query(stores, weights, models, queries_path, top_k, out, data_path, normalize, precondition, damping,
           projection, batch_size, max_length, device, target_field, with_text, with_html, quiet, **kwargs):
     """Score queries against one or more stores; top-k per query."""
-    from fasttda import pipeline
+    from fasttda import distributed, pipeline
     from fasttda.capture import Projection
     from pathlib import Path
 
     from fasttda.data import data_fingerprint, load_jsonl
 
+    rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
     if len(models) not in (1, len(stores)):
@@ -67,12 +68,14 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
             loaded[model_dir] = pipeline.load_checkpoint(model_dir, device=device)
         pipeline.check_store(store, path, checkpoint=loaded[model_dir],
                              data=data_fingerprint(train) if train is not None else None)
-        feats.append(pipeline.query_features(loaded[model_dir], queries, config, progress=not quiet))
+        feats.append(distributed.query_features(loaded[model_dir], queries, config, progress=not quiet))
         opened.append(store)
     pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
     values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
                                             preconditioners=pre, progress=not quiet)
     result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
+    if rank != 0:  # every rank holds the same result; rank 0 writes it
+        return
     result.queries, result.train = queries, train
     if train is None and (with_text or with_html) and out:
         click.echo("note: pass --data TRAIN.jsonl (the data the stores index) to put the training text in the "

@@ -26,7 +26,8 @@ Features and stores (`fasttda.pipeline.features`):
     for reading. Its manifest records ``spec`` (``config.spec(...)``: the projection's
     fields, seed, width, modules, max_length, lora_only), ``fingerprint`` (the full
     SHA-256) and ``meta`` (sampled fingerprint, model path, tokenizer and data
-    fingerprints, example count).
+    fingerprints, example count). Rows are quantized on the model's device
+    (`quantized_rows`) and only the quantized rows are copied to the host.
     `features(...)`: the iterator of ``(row, [B, dim] float32)`` batches both build on.
     `query_features(checkpoint, queries, config)` -> ``[Q, dim]`` float32 on the CPU.
     `open_store(path)`, `store_config(store)` -> the `CaptureConfig` a store was built with,
@@ -39,12 +40,13 @@ Scoring (`fasttda.pipeline.ranking`):
 """
 from fasttda.pipeline.checkpoints import (Checkpoint, CheckpointError, check_same_tokenizer, load_checkpoint,
                                           load_tokenizer, sampled_fingerprint)
-from fasttda.pipeline.features import (DEFAULT_PROJECTION, CaptureConfig, StoreMismatch, check_store, features,
-                                       index, open_store, query_features, store_config)
+from fasttda.pipeline.features import (DEFAULT_PROJECTION, CaptureConfig, StoreMismatch, check_store, create_store,
+                                       features, index, open_store, quantized_rows, query_features, store_config)
 from fasttda.pipeline.ranking import Attribution, fit_preconditioner, score_stores
 
 __all__ = [
     "Attribution", "CaptureConfig", "Checkpoint", "CheckpointError", "DEFAULT_PROJECTION", "StoreMismatch",
-    "check_same_tokenizer", "check_store", "features", "fit_preconditioner", "index", "load_checkpoint",
-    "load_tokenizer", "open_store", "query_features", "sampled_fingerprint", "score_stores", "store_config",
+    "check_same_tokenizer", "check_store", "create_store", "features", "fit_preconditioner", "index",
+    "load_checkpoint", "load_tokenizer", "open_store", "quantized_rows", "query_features", "sampled_fingerprint",
+    "score_stores", "store_config",
 ]

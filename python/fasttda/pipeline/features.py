@@ -1,6 +1,7 @@
 """Features in, stores out: capture a data set's per-example gradients at one checkpoint.
 
-`index` writes them into a `FeatureStore` whose manifest records the `CaptureConfig`
+`index` quantizes them on the capture device and writes the quantized rows into a
+`FeatureStore` whose manifest records the `CaptureConfig`
 (as ``spec``), the weights' SHA-256 (as ``fingerprint``) and where the rows came from
 (``meta``); `query_features` computes the same features for queries; `check_store` and
 `store_config` read a store back and refuse one that does not match.
@@ -17,7 +18,9 @@ import torch
 from fasttda.capture import GradientCapture, Projection
 from fasttda.data import Example, batches, data_fingerprint, encode, pad_id_of
 from fasttda.pipeline.checkpoints import Checkpoint
+from fasttda.ops.quantize import quantize
 from fasttda.store import FeatureStore
+from fasttda.store.feature_store import row_norms
 
 DEFAULT_PROJECTION = "factored:16x16"
 
@@ -151,15 +154,39 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
             raise
         start = len(store)
     else:
-        meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
-                "tokenizer": checkpoint.tokenizer_fingerprint, "data": data, "n_examples": len(examples)}
-        store = FeatureStore.create(out, cap.layout.total_dim, fmt, meta=meta,
-                                    spec=config.spec(cap.layout.total_dim, lora_only=checkpoint.is_lora),
-                                    fingerprint=checkpoint.fingerprint)
+        store = create_store(out, checkpoint, examples, config, dim=cap.layout.total_dim, fmt=fmt)
         start = 0
     with store:
         for row, feats in features(checkpoint, examples, config, start=start, progress=progress, cap=cap,
                                    desc=f"index @ {Path(checkpoint.path).name}"):
-            store.append(feats.to("cpu"), ids=[ex.id for ex in examples[row: row + len(feats)]])
+            store.append_quantized(*quantized_rows(feats, store.fmt),
+                                   ids=[ex.id for ex in examples[row: row + len(feats)]])
             store.commit()
     return FeatureStore.open(out, mode="r")
+
+
+def create_store(out: str | os.PathLike, checkpoint: Checkpoint, examples: Sequence[Example], config: CaptureConfig,
+                 *, dim: int, fmt: str) -> FeatureStore:
+    """A new, empty store for ``examples`` at ``checkpoint``, open for appending, with the
+    manifest `index` writes (``spec``, ``fingerprint``, ``meta``); distributed builds join
+    their parts into one."""
+    meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
+            "tokenizer": checkpoint.tokenizer_fingerprint, "data": data_fingerprint(examples),
+            "n_examples": len(examples)}
+    return FeatureStore.create(out, dim, fmt, meta=meta, spec=config.spec(dim, lora_only=checkpoint.is_lora),
+                               fingerprint=checkpoint.fingerprint)
+
+
+def quantized_rows(feats: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``(data, scale, norms)`` of float rows quantized to ``fmt`` on their own device, then
+    copied to the host: only the stored bytes (a quarter of float32 for int8) cross.
+
+    The same norms and `fasttda.ops.quantize` that `FeatureStore.append` applies on the CPU,
+    so the store holds the same rows (bitwise on the CPU; on a GPU the Triton quantize is
+    bitwise equal to the reference, and the norms agree to float32 rounding). Capture sums
+    each row from several modules' blocks, so the fused `fasttda.ops.project_quantized`
+    (which needs one call to see a whole row) does not apply here.
+    """
+    norms = row_norms(feats)
+    data, scale = quantize(feats, fmt)
+    return data.cpu(), None if scale is None else scale.cpu(), norms.cpu()
