@@ -9,6 +9,7 @@ GPU, triton, a compiler or a compiled extension:
 * ``fasttda.FeatureStore``: the on-disk, quantized, crash-safe feature store.
 * ``fasttda.score`` and ``fasttda.precondition``: streaming top-k over stores.
 * ``fasttda.dda``: Debias-and-Denoise attribution over checkpoints.
+* ``fasttda.influcoder``: a learned encoder distilled from gradient similarities.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ _LAZY = {
     "ops": "fasttda.ops",
     "precondition": "fasttda.precondition",
     "dda": "fasttda.methods.dda",
+    "influcoder": "fasttda.methods.influcoder",
     "GradientCapture": "fasttda.capture:GradientCapture",
     "FeatureStore": "fasttda.store:FeatureStore",
     "score": "fasttda.scoring:score",

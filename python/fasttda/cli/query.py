@@ -26,12 +26,17 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
 @click.option("--projection", default=None,
               help="Expected projection; an error if a store was built with another one.")
+@click.option("--prefilter", default=None,
+              help="influcoder:STORE: an encoder store of the same rows (fasttda influcoder encode) shortlists "
+                   "--candidates rows per query; only those are scored with gradients. One --store, no --precondition.")
+@click.option("--candidates", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per query kept by --prefilter.")
 @capture_options
 @data_field_options
 @target_field_option
 @one_line_errors
 def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, projection,
-          batch_size, max_length, device, target_field, **kwargs):
+          prefilter, candidates, batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda.data import load_jsonl
     from fasttda.methods import _backend, dda
@@ -39,6 +44,8 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
 
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
+    if prefilter is not None and (len(stores) != 1 or precondition or not prefilter.startswith("influcoder:")):
+        raise click.UsageError("--prefilter takes influcoder:STORE, with one --store and no --precondition")
     if len(models) not in (1, len(stores)):
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
     weights = list(weights) or [1.0] * len(stores)
@@ -59,9 +66,15 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         config = dda.CaptureConfig(spec, meta.get("modules"), meta.get("max_length", max_length), batch_size)
         feats.append(dda.query_features(loaded[model_dir], queries, config))
         opened.append(store)
-    pre = [_backend.fit_preconditioner(s, damping) for s in opened] if precondition else None
-    values, indices = dda.score_checkpoints(feats, opened, weights, k=top_k, normalize=normalize,
-                                            preconditioners=pre)
+    if prefilter is not None:
+        from fasttda.methods.influcoder.twostage import query_with_prefilter
+
+        values, indices = query_with_prefilter(open_store(prefilter.partition(":")[2]), queries, feats[0] * weights[0],
+                                               opened[0], k=top_k, m=candidates, normalize=normalize, device=device)
+    else:
+        pre = [_backend.fit_preconditioner(s, damping) for s in opened] if precondition else None
+        values, indices = dda.score_checkpoints(feats, opened, weights, k=top_k, normalize=normalize,
+                                                preconditioners=pre)
     result = dda.Attribution([q.id for q in queries], values, indices, _backend.store_ids(opened[0]))
     if out:
         result.write_jsonl(out)

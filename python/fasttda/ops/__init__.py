@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 
+from fasttda.ops.encoder_epilogue import encoder_epilogue, mean_pool_normalize
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import factored_seeds, project_factored
 from fasttda.ops.project_quantized import QuantizedRows, project_quantized
@@ -20,7 +21,7 @@ _LAZY = {
     "score_dense": "fasttda.ops.score:score_dense",
 }
 
-__all__ = sorted(["QuantizedRows", "dequantize", "factored_seeds", "project", "project_factored",
+__all__ = sorted(["QuantizedRows", "dequantize", "encoder_epilogue", "mean_pool_normalize", "factored_seeds", "project", "project_factored",
                   "project_quantized", "projection_matrix", "quantize", *_LAZY])
 
 
