@@ -156,3 +156,26 @@ def test_cli_teacher_train_encode_eval_and_query_prefilter(tmp_path):
             assert abs(a["score"] - b["score"]) <= 1e-5
     bad = runner.invoke(main, ["influcoder", "train", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
     assert bad.exit_code == 1 and bad.output.count("\n") == 1 and "teacher directory" in bad.output
+
+
+def test_demo_writes_the_report_shapes(tmp_path):
+    from fasttda.methods.influcoder.demo import DemoConfig, run
+
+    config = DemoConfig.quick(n_examples=90, n_anchors_train=12, n_anchors_eval=6, n_pool_eval=30, n_pretrain=40,
+                              pretrain_epochs=1, n_countries=9, projection="sjlt:64", top_k=5, threads=1,
+                              encoder=str(make_encoder(tmp_path / "enc")),
+                              train=TrainConfig(steps=2, accumulation=1, anchors_per_step=4, candidates_per_step=6))
+    run(config, tmp_path / "demo", log=lambda m: None)
+    report = json.loads((tmp_path / "demo" / "report.json").read_text())
+    assert set(report) == {"trained", "untrained", "tfidf", "bm25", "bytes_per_example", "seconds_per_example",
+                           "two_stage"}
+    for key in ("trained", "untrained", "tfidf", "bm25"):
+        assert set(report[key]) == {"spearman_anchor", "spearman_agg"}
+        assert all(isinstance(v, float) and -1 <= v <= 1 for v in report[key].values())
+    assert set(report["bytes_per_example"]) == {"encoder", "teacher"}
+    assert all(isinstance(v, int) for v in report["bytes_per_example"].values())
+    assert set(report["seconds_per_example"]) == {"encoder", "gradient"}
+    assert set(report["two_stage"]) == {"recall_at_50", "gradient_fraction"}
+    assert 0 <= report["two_stage"]["recall_at_50"] <= 1
+    assert (tmp_path / "demo" / "report.md").read_text().startswith("# Influcoder demo")
+    assert (tmp_path / "demo" / "scatter.png").stat().st_size > 0

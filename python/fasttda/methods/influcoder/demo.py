@@ -32,13 +32,13 @@ TWO_STAGE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
 @dataclass
 class DemoConfig:
     seed: int = 0
-    n_examples: int = 2000
-    n_anchors_train: int = 300
+    n_examples: int = 1500
+    n_anchors_train: int = 250
     n_anchors_eval: int = 100
-    n_pool_eval: int = 800
+    n_pool_eval: int = 600
     n_countries: int = 24
-    n_pretrain: int = 2000
-    pretrain_epochs: int = 4
+    n_pretrain: int = 1500
+    pretrain_epochs: int = 3
     finetune_epochs: int = 2
     projection: str = "sjlt:8192"
     teacher_fmt: str = "fp16"
@@ -50,13 +50,13 @@ class DemoConfig:
     two_stage_fraction: float = 0.1
     top_k: int = 50
     threads: int = 2
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=40, lr=1e-4))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, lr=2e-4))
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         base = dict(n_examples=500, n_anchors_train=120, n_anchors_eval=40, n_pool_eval=200, n_countries=12,
                     n_pretrain=400, pretrain_epochs=2, finetune_epochs=1, projection="sjlt:2048", max_length=48,
-                    top_k=10, train=TrainConfig(steps=8, accumulation=2, lr=1e-4))
+                    top_k=10, train=TrainConfig(steps=8, accumulation=2, lr=2e-4))
         base.update(overrides)
         return cls(**base)
 

@@ -33,6 +33,7 @@ class TrainConfig:
     tau: float = DEFAULT_TAU
     hard_fraction: float = 0.5
     hard_top: int = 32              # hard candidates come from each anchor's teacher top-`hard_top`
+    freeze_embeddings: bool = True  # keep the token embeddings fixed (most of a small encoder's weights)
     seed: int = 0
 
     def check(self, n_anchors: int, n_pool: int) -> None:
@@ -96,6 +97,8 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
     config.check(len(anchor_texts), len(pool_texts))
     torch.manual_seed(config.seed)
     sampler = BlockSampler(y.to(torch.float32), config)
+    if config.freeze_embeddings:
+        student.encoder.get_input_embeddings().requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
