@@ -92,8 +92,8 @@ def similarity(anchor_rows: torch.Tensor, store) -> torch.Tensor:
     """Cosine ``[A, N]`` of anchor rows against every row of a store, chunk by chunk."""
     y = torch.empty(anchor_rows.shape[0], len(store), dtype=torch.float32)
     for chunk in store.iter_chunks(8192):
-        score_dense(anchor_rows, chunk.data, scales=chunk.scale, norms=chunk.norms, normalize=True, fmt=chunk.fmt,
-                    out=y[:, chunk.start:chunk.stop])
+        y[:, chunk.start:chunk.stop] = score_dense(anchor_rows, chunk.data, scales=chunk.scale, norms=chunk.norms,
+                                                   normalize=True, fmt=chunk.fmt)
     return y
 
 
