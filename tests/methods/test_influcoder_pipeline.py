@@ -99,7 +99,7 @@ def test_two_stage_equals_full_gradient_scoring_when_m_is_n(tmp_path, gen):
 
 
 def test_teacher_y_is_the_cosine_of_gradient_rows(tmp_path):
-    from fasttda.methods._checkpoints import load_checkpoint
+    from fasttda.pipeline import load_checkpoint
 
     ckpt_dir = make_checkpoints(tmp_path / "m", n_epochs=1)[-1]
     anchors, pool = examples(4, 3), examples(5, 9)

@@ -102,7 +102,7 @@ def split(examples, config: DemoConfig):
 
 
 def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
-    from fasttda.methods._checkpoints import load_checkpoint
+    from fasttda.pipeline import load_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -155,7 +155,7 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
 def two_stage_sweep(student: Student, teacher: Teacher, out: Path, config: DemoConfig) -> dict:
     """Recall of the exact top-k (gradient cosine over the whole held-out pool) when only
     the encoder's top fraction of the pool is re-ranked with gradients."""
-    from fasttda.methods._checkpoints import load_checkpoint
+    from fasttda.pipeline import load_checkpoint
     from fasttda.methods.influcoder.teacher import gradient_features, store_bytes_per_row
     from fasttda.store import FeatureStore
 

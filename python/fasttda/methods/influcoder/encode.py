@@ -52,8 +52,7 @@ def encode(student: Student, items, out: str | os.PathLike, *, fmt: str = "int8"
            batch_size: int = 64, progress: bool = False, meta: dict | None = None):
     """Write the rows of ``items`` (texts or examples) to a new store at ``out``; returns it
     opened for reading. ``ids`` default to the examples' ids (row numbers for texts)."""
-    from fasttda.methods._checkpoints import model_fingerprint
-    from fasttda.store import FeatureStore
+    from fasttda.store import FeatureStore, model_fingerprint
 
     items = list(items)
     texts = texts_of(items, student.config.template)
@@ -61,14 +60,14 @@ def encode(student: Student, items, out: str | os.PathLike, *, fmt: str = "int8"
         ids = [str(getattr(x, "id", i)) if not isinstance(x, str) else str(i) for i, x in enumerate(items)]
     if len(ids) != len(items):
         raise ValueError(f"{len(ids)} ids for {len(items)} items")
-    fingerprint = model_fingerprint(student)
+    fingerprint = model_fingerprint(student, name=str(student.path))
     record = {"kind": STORE_KIND, "encoder": student.path, "template": student.config.template,
               "pooling": student.config.pooling, "max_length": student.config.max_length,
               "n_examples": len(items), **(meta or {})}
     spec = {"kind": STORE_KIND, "dim": student.dim, "pooling": student.config.pooling,
             "template": student.config.template, "max_length": student.config.max_length}
     store = FeatureStore.create(Path(out), student.dim, fmt, meta=record, spec=spec,
-                                fingerprint={"name": str(student.path), "sha256": fingerprint})
+                                fingerprint=fingerprint)
     with store:
         for lo, rows in _batches(student, texts, fmt, batch_size, progress, "encode"):
             store.append_quantized(rows.data, rows.scale, rows.norms, ids=list(ids[lo: lo + len(rows.norms)]))

@@ -20,8 +20,7 @@ from typing import Sequence
 import torch
 
 from fasttda.data import Example, load_jsonl, write_jsonl
-from fasttda.methods import dda
-from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
+from fasttda import pipeline
 from fasttda.ops.score import score_dense
 
 DEFAULT_PROJECTION = "sjlt:8192"
@@ -39,9 +38,9 @@ class TeacherConfig:
     batch_size: int = 16
     fmt: str = "fp16"  # the pool store's format
 
-    def capture(self) -> dda.CaptureConfig:
-        return dda.CaptureConfig(ProjectionSpec.parse(self.projection, seed=self.seed),
-                                 list(self.modules) if self.modules else None, self.max_length, self.batch_size)
+    def capture(self) -> pipeline.CaptureConfig:
+        return pipeline.CaptureConfig(self.projection, list(self.modules) if self.modules else None, self.max_length,
+                                      self.batch_size, self.seed)
 
 
 @dataclass
@@ -83,7 +82,7 @@ class Teacher:
 def gradient_features(checkpoint, examples: Sequence[Example], config: TeacherConfig, *,
                       progress: bool = False) -> torch.Tensor:
     """``[N, k]`` float32 sketched gradient rows, L2-normalized (a zero row stays zero)."""
-    feats = dda.query_features(checkpoint, list(examples), config.capture(), progress=progress)
+    feats = pipeline.query_features(checkpoint, list(examples), config.capture(), progress=progress)
     norms = torch.linalg.vector_norm(feats, dim=1, keepdim=True)
     return feats / torch.where(norms > 0, norms, torch.ones_like(norms))
 
@@ -110,9 +109,9 @@ def build_teacher(model: str | os.PathLike, anchors: Sequence[Example], pool: Se
         raise FileExistsError(f"a teacher already exists at {out}; choose another --out")
     if not anchors or not pool:
         raise ValueError("the teacher needs at least one anchor and one pool example")
-    ckpt = checkpoint if checkpoint is not None else load_checkpoint(model, device=device)
+    ckpt = checkpoint if checkpoint is not None else pipeline.load_checkpoint(model, device=device)
     t0 = time.perf_counter()
-    store = dda.index(ckpt, list(pool), out / POOL_STORE, config.capture(), fmt=config.fmt, resume=True,
+    store = pipeline.index(ckpt, list(pool), out / POOL_STORE, config.capture(), fmt=config.fmt, resume=True,
                       progress=progress)
     pool_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -124,7 +123,7 @@ def build_teacher(model: str | os.PathLike, anchors: Sequence[Example], pool: Se
     write_jsonl(out / "anchors.jsonl", anchors)
     write_jsonl(out / "pool.jsonl", pool)
     save_file({"y": y}, str(out / TEACHER_FILE))
-    meta = {"model": str(model), "model_fingerprint": ckpt.fingerprint, "config": asdict(config),
+    meta = {"model": str(model), "model_fingerprint": ckpt.sampled_fingerprint, "config": asdict(config),
             "n_anchors": len(anchors), "n_pool": len(pool), "feature_dim": store.dim, "lora_only": ckpt.is_lora,
             "seconds_per_example": (pool_s + anchor_s) / (len(pool) + len(anchors)),
             "bytes_per_example": store_bytes_per_row(store)}
