@@ -38,10 +38,11 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, projection,
           prefilter, candidates, batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
-    from fasttda import pipeline
+    from fasttda import distributed, pipeline
     from fasttda.capture import Projection
     from fasttda.data import load_jsonl
 
+    rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
     if prefilter is not None and (len(stores) != 1 or precondition or not prefilter.startswith("influcoder:")):
@@ -63,7 +64,7 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         if model_dir not in loaded:
             loaded[model_dir] = pipeline.load_checkpoint(model_dir, device=device)
         pipeline.check_store(store, path, checkpoint=loaded[model_dir])
-        feats.append(pipeline.query_features(loaded[model_dir], queries, config))
+        feats.append(distributed.query_features(loaded[model_dir], queries, config))
         opened.append(store)
     if prefilter is not None:
         from fasttda.methods.influcoder.twostage import query_with_prefilter
@@ -76,6 +77,8 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
                                                 preconditioners=pre)
     result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
+    if rank != 0:  # every rank holds the same result; rank 0 writes it
+        return
     if out:
         result.write_jsonl(out)
         click.echo(f"wrote the top {values.shape[1]} of {len(opened[0])} training examples for "
