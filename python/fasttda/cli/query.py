@@ -30,6 +30,11 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
 @click.option("--projection", default=None,
               help="Expected projection; an error if a store was built with another one.")
+@click.option("--prefilter", default=None,
+              help="influcoder:STORE: an encoder store of the same rows (fasttda influcoder encode) shortlists "
+                   "--candidates rows per query; only those are scored with gradients. One --store, no --precondition.")
+@click.option("--candidates", default=1000, show_default=True, type=click.IntRange(min=1),
+              help="Rows per query kept by --prefilter.")
 @capture_options
 @data_field_options
 @target_field_option
@@ -37,7 +42,8 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
 def query(stores, weights, models, queries_path, top_k, out, data_path, normalize, precondition, damping,
-          projection, batch_size, max_length, device, target_field, with_text, with_html, quiet, **kwargs):
+          projection, prefilter, candidates, batch_size, max_length, device, target_field, with_text, with_html,
+          quiet, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda import distributed, pipeline
     from fasttda.capture import Projection
@@ -48,6 +54,8 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
     rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
+    if prefilter is not None and (len(stores) != 1 or precondition or not prefilter.startswith("influcoder:")):
+        raise click.UsageError("--prefilter takes influcoder:STORE, with one --store and no --precondition")
     if len(models) not in (1, len(stores)):
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
     weights = list(weights) or [1.0] * len(stores)
@@ -70,9 +78,16 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
                              data=data_fingerprint(train) if train is not None else None)
         feats.append(distributed.query_features(loaded[model_dir], queries, config, progress=not quiet))
         opened.append(store)
-    pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
-    values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
-                                            preconditioners=pre, progress=not quiet)
+    if prefilter is not None:
+        from fasttda.methods.influcoder.twostage import query_with_prefilter
+
+        values, indices = query_with_prefilter(pipeline.open_store(prefilter.partition(":")[2]), queries,
+                                               feats[0] * weights[0], opened[0], k=top_k, m=candidates,
+                                               normalize=normalize, device=device)
+    else:
+        pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
+        values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
+                                                preconditioners=pre, progress=not quiet)
     result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
     if rank != 0:  # every rank holds the same result; rank 0 writes it
         return
