@@ -26,6 +26,10 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
 @click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1), help="Results per query.")
 @click.option("--no-resume", is_flag=True, help="Fail instead of reusing or finishing existing stores in --out.")
+@click.option("--contrast/--no-contrast", default=None,
+              help="Contrastive queries: g(response) − g(reference), from each query's 'reference' field (the "
+                   "correct output; its loss on the 'reference_target' span when given, else the whole "
+                   "reference). Default: on exactly when the queries carry references.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @projection_options
 @capture_options
@@ -33,7 +37,8 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @target_field_option
 @one_line_errors
 def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normalize, precondition, damping, top_k,
-        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field, **kwargs):
+        contrast, no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field,
+        **kwargs):
     """Debias-and-Denoise attribution over checkpoints, end to end."""
     from pathlib import Path
 
@@ -46,7 +51,8 @@ def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normal
         normalize=normalize, precondition=precondition, damping=damping, k=top_k, projection=projection,
         seed=seed, fmt=fmt, modules=list(modules) or None, batch_size=batch_size, max_length=max_length,
         resume=not no_resume, progress=not quiet, device=device, fields=fields_of(kwargs),
-        target_field=target_field)
+        target_field=target_field, contrast=contrast)
     click.echo(f"ranked {len(result.train_ids)} training examples for {len(result.query_ids)} queries "
-               f"({mode}, β={beta}); top {result.values.shape[1]} in {Path(out) / 'results.jsonl'} "
+               f"({mode}, β={beta}{', contrastive' if result.contrast else ''}); "
+               f"top {result.values.shape[1]} in {Path(out) / 'results.jsonl'} "
                f"(index {result.index_s:.1f} s, score {result.score_s:.1f} s)")

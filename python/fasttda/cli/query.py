@@ -24,13 +24,17 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
               help="Cosine per store, or raw dot products.")
 @click.option("--precondition", is_flag=True, help="Precondition with (GᵀG/N + λI)⁻¹ fitted on each store.")
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
+@click.option("--contrast/--no-contrast", default=None,
+              help="Contrastive queries: g(response) − g(reference), from each query's 'reference' field (the "
+                   "correct output; its loss on the 'reference_target' span when given, else the whole "
+                   "reference). Default: on exactly when the queries carry references.")
 @click.option("--projection", default=None,
               help="Expected projection; an error if a store was built with another one.")
 @capture_options
 @data_field_options
 @target_field_option
 @one_line_errors
-def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, projection,
+def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, contrast, projection,
           batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda.data import load_jsonl
@@ -43,7 +47,11 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
     weights = list(weights) or [1.0] * len(stores)
     model_of = list(models) * len(stores) if len(models) == 1 else list(models)
-    queries = load_jsonl(queries_path, **fields_of(kwargs), target_field=target_field)
+    queries = load_jsonl(queries_path, **fields_of(kwargs), target_field=target_field, reference_field="reference",
+                         reference_target_field="reference_target")
+    contrast = dda.resolve_contrast(contrast, queries)
+    if contrast:
+        dda.contrast_references(queries)
     check_same_tokenizer(sorted(set(model_of), key=model_of.index))
     opened, feats, loaded = [], [], {}
     for path, model_dir in zip(stores, model_of):
@@ -57,7 +65,7 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
             loaded[model_dir] = load_checkpoint(model_dir, device=device)
         meta = dda.check_store(store, path, checkpoint=loaded[model_dir], projection=spec)
         config = dda.CaptureConfig(spec, meta.get("modules"), meta.get("max_length", max_length), batch_size)
-        feats.append(dda.query_features(loaded[model_dir], queries, config))
+        feats.append(dda.query_features(loaded[model_dir], queries, config, contrast=contrast))
         opened.append(store)
     pre = [_backend.fit_preconditioner(s, damping) for s in opened] if precondition else None
     values, indices = dda.score_checkpoints(feats, opened, weights, k=top_k, normalize=normalize,

@@ -25,8 +25,9 @@ from typing import Sequence
 
 import torch
 
-from fasttda.data import Example, batches, data_fingerprint, encode, load_jsonl, pad_id_of
+from fasttda.data import DataError, Example, batches, data_fingerprint, encode, load_jsonl, pad_id_of
 from fasttda.methods import _backend
+from fasttda.methods.comparison import comparison_scores  # noqa: F401  (the comparison-model form)
 from fasttda.methods._checkpoints import (Checkpoint, CheckpointError, ProjectionSpec, check_same_tokenizer,
                                           load_checkpoint)
 
@@ -116,11 +117,42 @@ def _features(checkpoint: Checkpoint, examples: Sequence[Example], config: Captu
 
 
 def query_features(checkpoint: Checkpoint, queries: Sequence[Example], config: CaptureConfig,
-                   *, progress: bool = False) -> torch.Tensor:
+                   *, contrast: bool = False, progress: bool = False) -> torch.Tensor:
     """``[Q, dim]`` float32 features of the queries at one checkpoint: the gradient of the
-    loss on each response, or on its ``target`` span alone where the query names one."""
-    return torch.cat([f for _, f in _features(checkpoint, queries, config, progress=progress,
-                                                  desc=f"queries @ {Path(checkpoint.path).name}")])
+    loss on each response, or on its ``target`` span alone where the query names one.
+
+    With ``contrast``, every query must carry a ``reference`` (the correct output), and its
+    feature is g(response) − g(reference), the reference's loss taken on its
+    ``reference_target`` span or else on the whole reference: the first-order form of
+    DDA's ground/error comparison models. It is just another query row, so every mode and
+    the one-pass scorer take it as they are; by linearity its dot-product score is the
+    difference of the two plain scores (a cosine normalizes the difference as a whole).
+    """
+    name = Path(checkpoint.path).name
+    plain = torch.cat([f for _, f in _features(checkpoint, queries, config, progress=progress,
+                                                   desc=f"queries @ {name}")])
+    if not contrast:
+        return plain
+    references = contrast_references(queries)
+    ref = torch.cat([f for _, f in _features(checkpoint, references, config, progress=progress,
+                                                 desc=f"references @ {name}")])
+    return (plain.double() - ref.double()).float()
+
+
+def contrast_references(queries: Sequence[Example]) -> list[Example]:
+    """The queries' references as examples; a `DataError` naming the first query without one."""
+    missing = [q.id for q in queries if q.reference is None]
+    if missing:
+        raise DataError(f"contrastive queries need a 'reference' on every query; {len(missing)} of {len(queries)} "
+                        f"have none (first: id {missing[0]!r})")
+    return [q.reference_example() for q in queries]
+
+
+def resolve_contrast(contrast: bool | None, queries: Sequence[Example]) -> bool:
+    """``None`` (automatic): contrastive exactly when the queries carry references."""
+    if contrast is None:
+        return any(q.reference is not None for q in queries)
+    return bool(contrast)
 
 
 def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.PathLike, config: CaptureConfig,
@@ -209,6 +241,7 @@ class Attribution:
     train_ids: list[str]
     index_s: float = 0.0
     score_s: float = 0.0
+    contrast: bool = False  # contrastive queries: g(response) − g(reference)
 
     def rows(self):
         for q, qid in enumerate(self.query_ids):
@@ -231,16 +264,25 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               precondition: bool = False, damping: float = 1e-3, k: int = 50, projection: str = DEFAULT_PROJECTION,
               seed: int = 0, fmt: str = "fp32", modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
-              fields: dict | None = None, target_field: str | None = "target") -> Attribution:
+              fields: dict | None = None, target_field: str | None = "target",
+              contrast: bool | None = None) -> Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take
     the queries' features there, score in one pass and write ``out/results.jsonl``.
 
     A query line carrying ``target_field`` is attributed for that span of its response
-    only (its loss is taken on the span's tokens); the training data ignores that field."""
+    only (its loss is taken on the span's tokens); the training data ignores that field.
+    A query line carrying ``"reference"`` (the correct output; its span ``"reference_target"``)
+    makes the queries contrastive, g(response) − g(reference) (see `query_features`):
+    ``contrast=None`` decides by the presence of references, True requires them, False
+    ignores them."""
     fields = fields or {}
     train = data if not isinstance(data, (str, os.PathLike)) else load_jsonl(data, **fields)
     qs = queries if not isinstance(queries, (str, os.PathLike)) else \
-        load_jsonl(queries, **fields, target_field=target_field)
+        load_jsonl(queries, **fields, target_field=target_field, reference_field="reference",
+                   reference_target_field="reference_target")
+    contrast = resolve_contrast(contrast, qs)
+    if contrast:
+        contrast_references(qs)  # fail before any indexing
     if not checkpoints:
         raise ValueError("give at least one fine-tuned checkpoint")
     paths = [Path(base)] + [Path(c) for c in checkpoints]
@@ -259,7 +301,7 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
         store = index(ckpt, train, out / "stores" / f"ckpt{c}", config, fmt=fmt, resume=resume, progress=progress)
         index_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_feats.append(query_features(ckpt, qs, config))
+        q_feats.append(query_features(ckpt, qs, config, contrast=contrast))
         score_prep += time.perf_counter() - t0
         stores.append(store)
     t0 = time.perf_counter()
@@ -267,12 +309,13 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     values, indices = score_checkpoints(q_feats, stores, [w for _, w in plan], k=k, normalize=normalize,
                                         preconditioners=pre)
     result = Attribution([q.id for q in qs], values, indices, [ex.id for ex in train], index_s,
-                         score_prep + time.perf_counter() - t0)
+                         score_prep + time.perf_counter() - t0, contrast)
     result.write_jsonl(out / "results.jsonl")
     (out / "config.json").write_text(json.dumps({
         "mode": mode, "beta": beta, "lr": lr, "normalize": normalize, "precondition": precondition,
         "damping": damping, "k": k, "projection": str(config.projection), "seed": seed, "format": fmt,
         "query_loss": "span" if any(q.target is not None for q in qs) else "response",
+        "query_form": "contrast" if contrast else "plain",
         "checkpoints": [str(p) for p in paths], "weights": {str(paths[c]): w for c, w in plan},
         "implementation": _backend.implementation()}, indent=2))
     return result
