@@ -127,6 +127,24 @@ def load_jsonl(
     return examples
 
 
+def contrast_references(queries: Sequence[Example]) -> list[Example]:
+    """The queries' references as examples; a `DataError` naming the first query without one."""
+    missing = [q.id for q in queries if q.reference is None]
+    if missing:
+        raise DataError(f"contrastive queries need a 'reference' on every query; {len(missing)} of {len(queries)} "
+                        f"have none (first: id {missing[0]!r})")
+    return [q.reference_example() for q in queries]
+
+
+def resolve_contrast(contrast: bool | None, queries: Sequence[Example]) -> bool:
+    """``None`` (automatic): contrastive exactly when the queries carry references; then
+    every query must carry one (checked here, before any work)."""
+    contrast = any(q.reference is not None for q in queries) if contrast is None else bool(contrast)
+    if contrast:
+        contrast_references(queries)
+    return contrast
+
+
 def _optional_text(record: dict, name: str | None, where: str) -> str | None:
     if name is None or name not in record:
         return None

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fasttda.data import IGNORE_INDEX, Example, encode
-from fasttda.methods._checkpoints import load_checkpoint, model_fingerprint
+from fasttda.pipeline import load_checkpoint, sampled_fingerprint
 from fasttda.methods.comparison import comparison_scores, example_losses
 from tiny_models import make_checkpoints, make_rows, one_thread  # noqa: F401
 
@@ -51,10 +51,10 @@ def _tune64(model, tokenizer, examples, steps, lr):
 
 def test_comparison_scores_match_explicit_loop(tiny):
     ckpt, train, queries = tiny
-    before = model_fingerprint(ckpt.model)
+    before = sampled_fingerprint(ckpt.model)
     got = comparison_scores(ckpt.model, ckpt.tokenizer, train, queries, steps=2, lr=0.5, lora_rank=None,
                             optimizer="sgd", batch_size=4, max_length=64)
-    assert model_fingerprint(ckpt.model) == before  # the checkpoint itself is never trained
+    assert sampled_fingerprint(ckpt.model) == before  # the checkpoint itself is never trained
     ground = _tune64(ckpt.model, ckpt.tokenizer, [q.reference_example() for q in queries], 2, 0.5)
     error = _tune64(ckpt.model, ckpt.tokenizer, queries, 2, 0.5)
     with torch.no_grad():

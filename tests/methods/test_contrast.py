@@ -8,9 +8,10 @@ import json
 import pytest
 import torch
 
-from fasttda.data import DataError, Example, load_jsonl
+from fasttda import pipeline
+from fasttda.data import DataError, Example, contrast_references, load_jsonl, resolve_contrast
 from fasttda.methods import dda
-from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
+from fasttda.pipeline import load_checkpoint
 from tiny_models import make_checkpoints, make_rows, one_thread, write_jsonl  # noqa: F401
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -34,14 +35,14 @@ def contrasted(tmp_path_factory):
     paths = make_checkpoints(root / "models", n_epochs=2, seed=7)
     train = [Example(r["id"], r["prompt"], r["response"]) for r in make_rows(23, 17)]
     queries = _queries()
-    config = dda.CaptureConfig(ProjectionSpec.parse("factored:4x4", seed=3), None, 64, batch_size=3)
+    config = pipeline.CaptureConfig("factored:4x4", None, 64, batch_size=3, seed=3)
     stores, resp, ref, both = [], [], [], []
     for c, path in enumerate(paths):
         ckpt = load_checkpoint(path)
-        stores.append(dda.index(ckpt, train, root / "stores" / f"c{c}", config, fmt="fp32"))
-        resp.append(dda.query_features(ckpt, queries, config))
-        ref.append(dda.query_features(ckpt, [q.reference_example() for q in queries], config))
-        both.append(dda.query_features(ckpt, queries, config, contrast=True))
+        stores.append(pipeline.index(ckpt, train, root / "stores" / f"c{c}", config, fmt="fp32"))
+        resp.append(pipeline.query_features(ckpt, queries, config))
+        ref.append(pipeline.query_features(ckpt, [q.reference_example() for q in queries], config))
+        both.append(pipeline.query_features(ckpt, queries, config, contrast=True))
     return paths, train, queries, stores, resp, ref, both, root
 
 
@@ -50,7 +51,7 @@ def _dense(values, indices, n):
 
 
 def _scores(feats, stores, plan, n):
-    v, i = dda.score_checkpoints([feats[c] for c, _ in plan], [stores[c] for c, _ in plan], [w for _, w in plan],
+    v, i = pipeline.score_stores([feats[c] for c, _ in plan], [stores[c] for c, _ in plan], [w for _, w in plan],
                                  k=n, normalize=False)
     return _dense(v, i, n)
 
@@ -81,8 +82,8 @@ def test_contrast_uses_reference_span(contrasted):
     *_, queries, stores, resp, ref, both, _ = contrasted
     whole = [Example(q.id, q.prompt, q.reference) for q in queries]
     ckpt = load_checkpoint(contrasted[0][0])
-    config = dda.CaptureConfig(ProjectionSpec.parse("factored:4x4", seed=3), None, 64, batch_size=3)
-    g_whole = dda.query_features(ckpt, whole, config)
+    config = pipeline.CaptureConfig("factored:4x4", None, 64, batch_size=3, seed=3)
+    g_whole = pipeline.query_features(ckpt, whole, config)
     spans = [i for i, q in enumerate(queries) if q.reference_target is not None]
     others = [i for i, q in enumerate(queries) if q.reference_target is None]
     torch.testing.assert_close(ref[0][others], g_whole[others], rtol=1e-5, atol=1e-6)
@@ -93,10 +94,12 @@ def test_contrast_needs_references():
     qs = _queries()
     qs[2] = Example(qs[2].id, qs[2].prompt, qs[2].response)
     with pytest.raises(DataError, match=r"1 of 4 have none \(first: id 'ex2'\)"):
-        dda.contrast_references(qs)
-    assert dda.resolve_contrast(None, qs) is True and dda.resolve_contrast(False, qs) is False
+        contrast_references(qs)
+    assert resolve_contrast(False, qs) is False
+    with pytest.raises(DataError, match="first: id 'ex2'"):
+        resolve_contrast(None, qs)  # automatic: references on some queries means all of them
     plain = [Example(q.id, q.prompt, q.response) for q in qs]
-    assert dda.resolve_contrast(None, plain) is False
+    assert resolve_contrast(None, plain) is False
 
 
 def test_load_jsonl_reads_references(tmp_path):
