@@ -8,7 +8,7 @@ then taken only on the response tokens covering the first occurrence of that tex
 
 A query may also carry a ``reference``: the correct output for its prompt (the response
 being, say, a hallucination). A contrastive query's feature is g(response) − g(reference)
-(see `fasttda.methods.dda.query_features`); the reference's loss is taken on its
+(see `fasttda.pipeline.query_features`); the reference's loss is taken on its
 ``reference_target`` span when the line names one (e.g. the true entity), else on the
 whole reference (the response's ``target`` text need not occur in the reference, so it is
 never reused there).

@@ -37,10 +37,11 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, contrast,
           projection, batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
-    from fasttda import pipeline
+    from fasttda import distributed, pipeline
     from fasttda.capture import Projection
     from fasttda.data import load_jsonl, resolve_contrast
 
+    rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
     if len(models) not in (1, len(stores)):
@@ -62,12 +63,14 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         if model_dir not in loaded:
             loaded[model_dir] = pipeline.load_checkpoint(model_dir, device=device)
         pipeline.check_store(store, path, checkpoint=loaded[model_dir])
-        feats.append(pipeline.query_features(loaded[model_dir], queries, config, contrast=contrast))
+        feats.append(distributed.query_features(loaded[model_dir], queries, config, contrast=contrast))
         opened.append(store)
     pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
     values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
                                             preconditioners=pre)
     result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
+    if rank != 0:  # every rank holds the same result; rank 0 writes it
+        return
     if out:
         result.write_jsonl(out)
         click.echo(f"wrote the top {values.shape[1]} of {len(opened[0])} training examples for "

@@ -96,7 +96,8 @@ def comparison_scores(model: torch.nn.Module, tokenizer, train: Sequence[Example
     if missing:
         raise ValueError(f"the comparison form needs a 'reference' on every query; {len(missing)} have none "
                          f"(first: id {missing[0]!r})")
-    kwargs = dict(steps=steps, lr=lr, lora_rank=lora_rank, optimizer=optimizer, max_length=max_length, batch_size=batch_size)
+    kwargs = dict(steps=steps, lr=lr, lora_rank=lora_rank, optimizer=optimizer, max_length=max_length,
+                  batch_size=batch_size)
     ground = fine_tune_copy(model, tokenizer, [q.reference_example() for q in queries], **kwargs)
     l_ground = example_losses(ground, tokenizer, train, batch_size=batch_size, max_length=max_length)
     del ground

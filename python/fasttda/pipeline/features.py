@@ -167,11 +167,7 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
             raise
         start = len(store)
     else:
-        meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
-                "tokenizer": checkpoint.tokenizer_fingerprint, "data": data, "n_examples": len(examples)}
-        store = FeatureStore.create(out, cap.layout.total_dim, fmt, meta=meta,
-                                    spec=config.spec(cap.layout.total_dim, lora_only=checkpoint.is_lora),
-                                    fingerprint=checkpoint.fingerprint)
+        store = create_store(out, checkpoint, examples, config, dim=cap.layout.total_dim, fmt=fmt)
         start = 0
     with store:
         for row, feats in features(checkpoint, examples, config, start=start, progress=progress, cap=cap,
@@ -180,6 +176,18 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
                                    ids=[ex.id for ex in examples[row: row + len(feats)]])
             store.commit()
     return FeatureStore.open(out, mode="r")
+
+
+def create_store(out: str | os.PathLike, checkpoint: Checkpoint, examples: Sequence[Example], config: CaptureConfig,
+                 *, dim: int, fmt: str) -> FeatureStore:
+    """A new, empty store for ``examples`` at ``checkpoint``, open for appending, with the
+    manifest `index` writes (``spec``, ``fingerprint``, ``meta``); distributed builds join
+    their parts into one."""
+    meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
+            "tokenizer": checkpoint.tokenizer_fingerprint, "data": data_fingerprint(examples),
+            "n_examples": len(examples)}
+    return FeatureStore.create(out, dim, fmt, meta=meta, spec=config.spec(dim, lora_only=checkpoint.is_lora),
+                               fingerprint=checkpoint.fingerprint)
 
 
 def quantized_rows(feats: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
