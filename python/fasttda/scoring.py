@@ -20,7 +20,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fasttda.ops.score import pack_keys_at, score_topk, unpack_keys
+from fasttda.ops.score import score_topk
+from fasttda.topk import merge_topk_indexed, pack_keys_at, unpack_keys
 from fasttda.precondition import as_preconditioner
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -178,11 +179,9 @@ class _RunningTopK:
         else:
             ids = chunk_ids[(rows - chunk.start).cpu().numpy()]
         if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=1)
             ids = np.concatenate((self.ids, ids), axis=1)
-        top = torch.topk(keys, min(self.k, keys.shape[1]), dim=1)
-        self.keys = top.values
-        self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
+        self.keys, where = merge_topk_indexed(self.keys, keys, self.k)
+        self.ids = np.take_along_axis(ids, where.cpu().numpy(), axis=1)
 
     def result(self, n_queries: int, device) -> TopK:
         if self.keys is None:  # a store with no rows

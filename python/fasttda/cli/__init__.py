@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": ("fasttda.cli.demo", "demo", "The embedded hallucination-tracing benchmark, on CPU, offline."),
     "store": ("fasttda.cli.store", "store", "Inspect and verify feature stores (info, verify)."),
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
+    "kernels": ("fasttda.cli.kernels", "kernels", "Compile every Triton kernel for sm_90a/sm_80 (no GPU needed)."),
 }
 
 

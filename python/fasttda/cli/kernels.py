@@ -1,0 +1,52 @@
+"""``fasttda kernels check``: compile every Triton launch for GPU targets, without a GPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+
+
+@click.group("kernels")
+def kernels():
+    """Triton kernels: compile checks for GPU targets."""
+
+
+@kernels.command("check")
+@click.option("--arch", "archs", default="sm_90a,sm_80", show_default=True,
+              help="Comma-separated targets among sm_90a, sm_80.")
+@click.option("--ops", default=None, help="Comma-separated ops to check (default: all).")
+@click.option("--full", is_flag=True, help="The full kernel × kind × format × dtype × edge product "
+              "(about 3x the CI grid, which covers every variant and every edge at least once).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the full report (per kernel and per launch) to this file.")
+def check(archs, ops, full, json_path):
+    """Compile each launch with Triton's real specialization and ptxas; report registers,
+    spills, shared memory, matrix instruction and precision per kernel. Exit 1 on any compile
+    failure, grid past CUDA's limits, spill or shared memory past the limits."""
+    from fasttda.kernels_check import ARCHS
+
+    arch_list = [a.strip() for a in archs.split(",") if a.strip()]
+    bad = [a for a in arch_list if a not in ARCHS]
+    if bad or not arch_list:
+        raise click.BadParameter(f"unknown target(s) {bad}; choose among {sorted(ARCHS)}", param_hint="--arch")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        # Kernels decorated under the interpreter cannot be compiled: run again without it.
+        env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+        cmd = [sys.executable, "-m", "fasttda", "kernels", "check", "--arch", archs]
+        cmd += (["--ops", ops] if ops else []) + (["--json", json_path] if json_path else [])
+        cmd += ["--full"] if full else []
+        sys.exit(subprocess.run(cmd, env=env).returncode)
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; launchers say per kernel
+    from fasttda.kernels_check import format_table, run_check
+
+    report = run_check(tuple(arch_list), ops=ops.split(",") if ops else None, full=full)
+    click.echo(format_table(report))
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+    if not report["ok"]:
+        click.echo("kernels check: FAILED", err=True)
+        sys.exit(1)
