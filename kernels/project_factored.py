@@ -109,7 +109,7 @@ def _project_factored_kernel(
         pdy = _project_tokens(dy_ptr, b, t, t_ok, sdb, sdt, sdd, D_OUT, ko0, kout_row, kout_col,
                               GAUSSIAN, NATIVE_DOT, PRECISION, BLOCK_T, BLOCK_D, BLOCK_KO)
         acc += tl.dot(tl.trans(pdy), px, input_precision=PRECISION)
-    out = out_ptr + ((split.to(tl.int64) * B + b) * K_OUT + ko[:, None]) * K_IN + ki[None, :]
+    out = out_ptr + (((split.to(tl.int64) * B + b) * K_OUT + ko[:, None]) * K_IN + ki[None, :])
     tl.store(out, acc * scale, mask=(ko < K_OUT)[:, None] & (ki < K_IN)[None, :])
 
 

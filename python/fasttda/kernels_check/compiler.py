@@ -91,13 +91,14 @@ def compile_launch(kernel, grid, args, kwargs):
 
 
 def _ptxas_path(arch: str) -> str:
-    import triton
+    """The ptxas Triton itself uses for ``arch`` (3.9 picks a newer one for sm_90+)."""
+    from triton.backends.nvidia import compiler as nv
 
-    base = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-    for name in ("ptxas", "ptxas-blackwell"):
-        if os.path.exists(os.path.join(base, name)):
-            return os.path.join(base, name)
-    raise FileNotFoundError(f"no ptxas in {base}")
+    try:
+        tool = nv.get_ptxas(ARCHS[arch])
+    except TypeError:  # Triton versions whose get_ptxas takes no arch
+        tool = nv.get_ptxas()
+    return tool.path
 
 
 def ptxas_log(ptx: str, arch: str, fp_fusion: bool) -> str:
