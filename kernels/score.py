@@ -24,7 +24,7 @@ import triton.language as tl
 import torch
 
 from fasttda.formats import FMT_CODE
-from fasttda.kernels._launch import launch, multiprocessor_count, triton_interpreted
+from fasttda.kernels._launch import interpreted, launch, multiprocessor_count, triton_interpreted
 from fasttda.topk import chunk_rows, chunk_topk_keys, merge_topk, unpack_keys
 
 MAX_KERNEL_K = 256
@@ -141,7 +141,10 @@ def _programs_target(device: torch.device) -> int:
 
 
 def _blocks(n_queries: int, dim: int, k_pad: int = 0):
-    block_q = 16 if n_queries <= 16 else 32
+    # The running top-k holds [BLOCK_Q, K_PAD] int64 keys plus a tile's [BLOCK_Q, BLOCK_N]
+    # in registers: past K_PAD = 64, 16 queries per program on 8 warps keep it out of local
+    # memory (the compile check's spill limit is 0).
+    block_q = 16 if n_queries <= 16 or k_pad > 64 else 32
     block_n = max(64, k_pad)
     block_d = 32 if dim <= 32 else 64
     return block_q, block_n, block_d
@@ -170,7 +173,9 @@ def _launch(queries, rows, factors, fmts, out, n_lo, n_hi, k_pad, plan):
         tuple(empty if f is None else f[n_lo:n_hi] for f in factors), tuple(q.shape[1] for q in queries),
         out, out.stride(0), n_q, n_hi - n_lo, per_program,
         FMTS=tuple(FMT_CODE[f] for f in fmts), HAS_FACTOR=tuple(f is not None for f in factors),
-        TOPK=k_pad > 0, K_PAD=max(k_pad, 1), SORT_MERGE=SORT_NETWORK_IN_INTERPRETER or not triton_interpreted(), BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        TOPK=k_pad > 0, K_PAD=max(k_pad, 1), SORT_MERGE=SORT_NETWORK_IN_INTERPRETER or not triton_interpreted(),
+        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        **({} if interpreted(out.device) else {"num_warps": 8 if k_pad > 64 else 4}),
     )
 
 
