@@ -143,7 +143,7 @@ def _programs_target(device: torch.device) -> int:
 def _blocks(n_queries: int, dim: int, k_pad: int = 0):
     # The running top-k holds [BLOCK_Q, K_PAD] int64 keys plus a tile's [BLOCK_Q, BLOCK_N]
     # in registers: past K_PAD = 64, 16 queries per program on 8 warps keep it out of local
-    # memory (the compile check's spill limit is 0).
+    # memory (the compile check limits spills).
     block_q = 16 if n_queries <= 16 or k_pad > 64 else 32
     block_n = max(64, k_pad)
     block_d = 32 if dim <= 32 else 64

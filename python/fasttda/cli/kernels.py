@@ -22,9 +22,10 @@ def kernels():
               "(about 3x the CI grid, which covers every variant and every edge at least once).")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(1, 8),
               help="Targets compiled in parallel processes (one per target).")
+@click.option("--verbose", is_flag=True, help="Print each case and its compile time as it goes.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the full report (per kernel and per launch) to this file.")
-def check(archs, ops, full, jobs, json_path):
+def check(archs, ops, full, jobs, verbose, json_path):
     """Compile each launch with Triton's real specialization and ptxas; report registers,
     spills, shared memory, matrix instruction and precision per kernel. Exit 1 on any compile
     failure, grid past CUDA's limits, spill or shared memory past the limits."""
@@ -39,15 +40,15 @@ def check(archs, ops, full, jobs, json_path):
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         cmd = [sys.executable, "-m", "fasttda", "kernels", "check", "--arch", archs]
         cmd += (["--ops", ops] if ops else []) + (["--json", json_path] if json_path else [])
-        cmd += (["--full"] if full else []) + ["--jobs", str(jobs)]
+        cmd += (["--full"] if full else []) + ["--jobs", str(jobs)] + (["--verbose"] if verbose else [])
         sys.exit(subprocess.run(cmd, env=env).returncode)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9 warns when unset; launchers say per kernel
     from fasttda.kernels_check import format_table, run_check
 
     if jobs > 1 and len(arch_list) > 1:
-        report = _parallel(arch_list, ops, full, jobs)
+        report = _parallel(arch_list, ops, full, jobs, verbose)
     else:
-        report = run_check(tuple(arch_list), ops=ops.split(",") if ops else None, full=full)
+        report = run_check(tuple(arch_list), ops=ops.split(",") if ops else None, full=full, verbose=verbose)
     click.echo(format_table(report))
     if json_path:
         with open(json_path, "w") as f:
@@ -57,7 +58,7 @@ def check(archs, ops, full, jobs, json_path):
         sys.exit(1)
 
 
-def _parallel(arch_list, ops, full, jobs) -> dict:
+def _parallel(arch_list, ops, full, jobs, verbose) -> dict:
     """One process per target (compiling is single-threaded), reports merged."""
     import tempfile
 
@@ -66,7 +67,7 @@ def _parallel(arch_list, ops, full, jobs) -> dict:
         for i, arch in enumerate(arch_list):
             path = os.path.join(tmp, f"{arch}.json")
             cmd = [sys.executable, "-m", "fasttda", "kernels", "check", "--arch", arch, "--json", path]
-            cmd += (["--ops", ops] if ops else []) + (["--full"] if full else [])
+            cmd += (["--ops", ops] if ops else []) + (["--full"] if full else []) + (["--verbose"] if verbose else [])
             if len(procs) >= jobs:  # wait for a slot
                 procs[len(procs) - jobs][1].wait()
             procs.append((path, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))

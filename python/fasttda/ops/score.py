@@ -21,7 +21,7 @@ when it builds), ``triton`` (kernels/score.py: dequantization in the load stage,
 top-k in registers, the score matrix never materialized).
 
 Memory: the reference never holds more than one chunk of scores (``Q × chunk`` float32,
-at most ``SCORE_BUFFER_BYTES``) plus one block of dequantized rows (``BLOCK_BYTES``),
+at most `fasttda.topk.SCORE_BUFFER_BYTES`) plus one block of dequantized rows (``BLOCK_BYTES``),
 whatever N is; int8/fp8/int4/bf16/fp16 rows are converted to float32 in those small,
 cache-resident blocks just before their matmul.
 """
