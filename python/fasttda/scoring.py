@@ -41,7 +41,8 @@ class TopK(NamedTuple):
 
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
-          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto") -> TopK:
+          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
+          distributed: bool | None = None, split: str = "auto", group=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
     Args:
@@ -57,7 +58,24 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         device: where scoring runs (default: the queries' device). With ``"cuda"`` and stores
             on disk, chunks are prefetched to the GPU while the previous one is scored.
         backend: the op's backend (`fasttda.ops.score_topk`).
+        distributed: split the work over the ranks of ``group`` (a ``torch.distributed``
+            process group, default the world) and return the same global result on every
+            rank; every rank must then make the same call. None (default): on when a
+            process group with more than one rank is initialized (e.g. under ``torchrun``);
+            pass False to score locally on each rank anyway.
+        split: under ``distributed``: ``"rows"``, ``"queries"`` or ``"auto"`` (from the
+            shapes); see `fasttda.distributed.scoring`. The result then also carries ``split``.
     """
+    if distributed is None:
+        from fasttda.distributed.comm import is_active
+
+        distributed = is_active(group)
+    if distributed:
+        from fasttda.distributed.scoring import score as distributed_score
+
+        return distributed_score(queries, stores, k=k, weights=weights, normalize=normalize,
+                                 preconditioner=preconditioner, chunk_rows=chunk_rows, device=device,
+                                 backend=backend, split=split, group=group)
     multi = isinstance(stores, (list, tuple))
     store_list = list(stores) if multi else [stores]
     if isinstance(queries, (list, tuple)) != multi:
@@ -105,11 +123,9 @@ def _chunk_args(group, multi: bool, **kw) -> dict:
 def _check_same_rows(stores) -> None:
     if len(stores) < 2:
         return
-    try:
-        from fasttda.store import check_compatible
-    except ImportError:  # the store package is optional for duck-typed stores
-        check_compatible = None
-    if check_compatible is not None and all(hasattr(s, "ids_digest") for s in stores):
+    from fasttda.store import check_compatible
+
+    if all(hasattr(s, "ids_digest") for s in stores):
         check_compatible(stores, same_fingerprint=False, same_rows=True)
     lengths = [len(s) for s in stores]
     if len(set(lengths)) != 1:
