@@ -42,7 +42,7 @@ class TopK(NamedTuple):
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
           chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
-          distributed: bool | None = None, split: str = "auto", group=None) -> TopK:
+          distributed: bool | None = None, split: str = "auto", group=None, on_chunk=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
     Args:
@@ -65,6 +65,7 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             pass False to score locally on each rank anyway.
         split: under ``distributed``: ``"rows"``, ``"queries"`` or ``"auto"`` (from the
             shapes); see `fasttda.distributed.scoring`. The result then also carries ``split``.
+        on_chunk: called with the number of rows after each chunk is merged (progress bars).
     """
     if distributed is None:
         from fasttda.distributed.comm import is_active
@@ -104,6 +105,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             group, multi, k=k, weights=weights, normalize=normalize, backend=backend))
         ok = chunk_ok if ok is None else ok & chunk_ok  # combined on the device: no host sync per chunk
         merger.add(values, local + group[0].start, group[0])
+        if on_chunk is not None:
+            on_chunk(group[0].data.shape[0])
     if ok is not None and not bool(ok):  # the run's one check; on failure, find the chunk and say what is wrong
         for group in _aligned_chunks(store_list, chunk_rows):
             qs = [q.to(group[0].data.device) for q in query_list]  # the chunks as read: on the host for a GPU run
