@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fasttda.ops.score import NOT_FINITE, pack_keys_at, score_topk, score_topk_deferred, unpack_keys
+from fasttda.ops.score import NOT_FINITE, score_topk, score_topk_deferred
+from fasttda.topk import merge_topk_indexed, pack_keys_at, unpack_keys
 from fasttda.precondition import as_preconditioner
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -41,7 +42,7 @@ class TopK(NamedTuple):
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
           chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
-          distributed: bool | None = None, split: str = "auto", group=None) -> TopK:
+          distributed: bool | None = None, split: str = "auto", group=None, on_chunk=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
     Args:
@@ -64,6 +65,7 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             pass False to score locally on each rank anyway.
         split: under ``distributed``: ``"rows"``, ``"queries"`` or ``"auto"`` (from the
             shapes); see `fasttda.distributed.scoring`. The result then also carries ``split``.
+        on_chunk: called with the number of rows after each chunk is merged (progress bars).
     """
     if distributed is None:
         from fasttda.distributed.comm import is_active
@@ -103,6 +105,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             group, multi, k=k, weights=weights, normalize=normalize, backend=backend))
         ok = chunk_ok if ok is None else ok & chunk_ok  # combined on the device: no host sync per chunk
         merger.add(values, local + group[0].start, group[0])
+        if on_chunk is not None:
+            on_chunk(group[0].data.shape[0])
     if ok is not None and not bool(ok):  # the run's one check; on failure, find the chunk and say what is wrong
         for group in _aligned_chunks(store_list, chunk_rows):
             qs = [q.to(group[0].data.device) for q in query_list]  # the chunks as read: on the host for a GPU run
@@ -206,16 +210,13 @@ class _RunningTopK:
 
     def add(self, values, rows, chunk) -> None:
         keys = pack_keys_at(values, rows)
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=1)
-        top = torch.topk(keys, min(self.k, keys.shape[1]), dim=1)
+        self.keys, where = merge_topk_indexed(self.keys, keys, self.k)
         if self.lookup is None:
             chunk_ids = _chunk_ids(chunk)
             ids = rows.cpu().numpy() if chunk_ids is None else chunk_ids[(rows - chunk.start).cpu().numpy()]
             if self.ids is not None:
                 ids = np.concatenate((self.ids, ids), axis=1)
-            self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
-        self.keys = top.values
+            self.ids = np.take_along_axis(ids, where.cpu().numpy(), axis=1)
 
     def result(self, n_queries: int, device) -> TopK:
         if self.keys is None:  # a store with no rows

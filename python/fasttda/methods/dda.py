@@ -75,12 +75,15 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
               fields: dict | None = None, target_field: str | None = "target",
-              contrast: bool | None = None) -> pipeline.Attribution:
+              text: bool = True, contrast: bool | None = None) -> pipeline.Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take
     the queries' features there, score in one pass and write ``out/results.jsonl``.
 
     A query line carrying ``target_field`` is attributed for that span of its response
     only (its loss is taken on the span's tokens); the training data ignores that field.
+    Each results line carries the query's text and, unless ``text=False``, each training
+    example's prompt and response.
+
     A query line carrying ``"reference"`` (the correct output; its span ``"reference_target"``)
     makes the queries contrastive, g(response) − g(reference) (see `pipeline.query_features`):
     ``contrast=None`` decides by the presence of references, True requires them on every
@@ -109,16 +112,17 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
                                progress=progress)
         index_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_feats.append(pipeline.query_features(ckpt, qs, config, contrast=contrast))
+        q_feats.append(pipeline.query_features(ckpt, qs, config, contrast=contrast, progress=progress))
         score_prep += time.perf_counter() - t0
         stores.append(store)
     t0 = time.perf_counter()
     pre = [pipeline.fit_preconditioner(s, damping) for s in stores] if precondition else None
     values, indices = pipeline.score_stores(q_feats, stores, [w for _, w in plan], k=k, normalize=normalize,
-                                            preconditioners=pre)
+                                            preconditioners=pre, progress=progress)
     result = pipeline.Attribution([q.id for q in qs], values, indices, [ex.id for ex in train], index_s,
-                                  score_prep + time.perf_counter() - t0, contrast)
-    result.write_jsonl(out / "results.jsonl")
+                                  score_prep + time.perf_counter() - t0, queries=qs, train=train,
+                                  contrast=contrast)
+    result.write_jsonl(out / "results.jsonl", text=text)
     (out / "config.json").write_text(json.dumps({
         "mode": mode, "beta": beta, "lr": lr, "normalize": normalize, "precondition": precondition,
         "damping": damping, "k": k, "projection": str(config.projection), "seed": seed, "format": fmt,

@@ -95,14 +95,14 @@ def check_store(store: FeatureStore, path=None, *, checkpoint: Checkpoint | None
         raise StoreMismatch(f"store {path} was built from another data set; rebuild it for this one")
     if "n_examples" in meta and len(store) != meta["n_examples"] and data is None:
         raise StoreMismatch(f"store {path} is incomplete ({len(store)} of {meta['n_examples']} rows); "
-                            "finish it with resume")
+                            "finish it with --resume (resume=True in Python)")
     return meta
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from fasttda.progress import bar
 
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, dynamic_ncols=True, leave=False)
+    return bar(total, desc, enabled=enabled)
 
 
 def features(checkpoint: Checkpoint, examples: Sequence[Example], config: CaptureConfig, *, start: int = 0,
@@ -153,7 +153,8 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
     cap = config.capture(checkpoint)
     if out.exists():
         if not resume:
-            raise FileExistsError(f"store already exists: {out} (pass resume to finish it, or choose another path)")
+            raise FileExistsError(f"store already exists: {out} (finish it with --resume, resume=True in Python, "
+                                  "or choose another path)")
         store = FeatureStore.open(out, mode="append")
         try:
             check_store(store, out, checkpoint=checkpoint, config=config, data=data)
