@@ -48,6 +48,32 @@ def _sources(kind: str) -> list[Path]:
     raise ValueError(f"kind={kind!r}: expected 'cuda' or 'cpu'")
 
 
+def _headers(kind: str) -> list[Path]:
+    folder = CSRC if kind == "cuda" else CSRC / "cpu"
+    return sorted(p for pattern in ("*.h", "*.cuh") for p in folder.glob(pattern))
+
+
+def _stage_sources(build_dir: Path, files: list[Path]) -> list[Path]:
+    """Copy the sources into the build folder and return the copies.
+
+    The build then names the same paths whichever checkout, venv or wheel asked for it,
+    so torch's JIT (which rebuilds when its build file changes) never rebuilds a cached
+    extension because another copy of fasttda, with its sources elsewhere, loaded it.
+    """
+    src = build_dir / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    staged = []
+    for f in files:
+        dest = src / f.name
+        data = f.read_bytes()
+        if not dest.is_file() or dest.read_bytes() != data:
+            tmp = dest.with_name(dest.name + ".tmp")
+            tmp.write_bytes(data)
+            os.replace(tmp, dest)
+        staged.append(dest)
+    return staged
+
+
 def _cpu_features() -> str:
     """What -march=native compiles for: a binary cached for one CPU must not load on another."""
     try:
@@ -111,7 +137,7 @@ def _build(kind: str):
 
     flags = CUDA_FLAGS if kind == "cuda" else CPU_FLAGS
     arch = _cuda_arch() if kind == "cuda" else _cpu_features()
-    key = build_key(kind, sources, flags, arch)
+    key = build_key(kind, sources + _headers(kind), flags, arch)
     build_dir = cache_root() / f"{kind}-{key}"
     build_dir.mkdir(parents=True, exist_ok=True)
     if kind == "cuda":
@@ -120,9 +146,10 @@ def _build(kind: str):
         logger.warning("fasttda: building the %s kernels once (cached in %s); this takes a minute or two",
                        kind, build_dir)
     with FileLock(str(build_dir) + ".lock"):
+        staged = _stage_sources(build_dir, sources + _headers(kind))[: len(sources)]
         return cpp_extension.load(
             name=f"fasttda_{kind}_{key}",
-            sources=[str(s) for s in sources],
+            sources=[str(s) for s in staged],
             extra_cflags=CPU_FLAGS if kind == "cpu" else ["-O3"],
             extra_cuda_cflags=CUDA_FLAGS if kind == "cuda" else None,
             extra_ldflags=["-fopenmp"] if kind == "cpu" else None,
