@@ -198,9 +198,14 @@ void fill_dense(const Keys& k, int64_t d0, int64_t rows, int64_t j0, int64_t wid
   }
 }
 
-// Runs task(t) for t in [0, n) on the intra-op threads, pulled dynamically (one region).
+// Runs task(t) for t in [0, n) on the intra-op threads, pulled dynamically (one region);
+// in this thread when the work is too small to pay for waking the others.
 template <typename F>
-void run_tasks(int64_t n, const F& task) {
+void run_tasks(int64_t n, const F& task, bool parallel = true) {
+  if (!parallel || n == 1 || at::get_num_threads() == 1 || at::in_parallel_region()) {
+    for (int64_t t = 0; t < n; ++t) task(t);
+    return;
+  }
   std::atomic<int64_t> next{0};
   const int64_t workers = std::min<int64_t>(n, at::get_num_threads());
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
@@ -223,6 +228,8 @@ at::Tensor sum_partials(at::Tensor partial) {
   for (int64_t s = 1; s < partial.size(0); ++s) out.add_(partial[s]);
   return out;
 }
+
+constexpr double kParallelWork = double(1 << 22);  // multiply-adds below which one thread is faster
 
 at::Tensor project_dense(const at::Tensor& x, const Keys& k) {
   const int64_t B = x.size(0), D = x.size(1), K = k.out_dim;
@@ -254,7 +261,7 @@ at::Tensor project_dense(const at::Tensor& x, const Keys& k) {
       }
       dest.addmm_(x.narrow(1, d0, nr), block);
     }
-  });
+  }, double(B) * double(D) * double(K) >= kParallelWork);
   return n_seg == 1 ? partial[0] : sum_partials(partial);
 }
 
@@ -289,7 +296,7 @@ at::Tensor project_sjlt(const at::Tensor& x, const Keys& k) {
         }
       }
     }
-  });
+  }, double(B) * double(D) * double(s) >= kParallelWork / 16);
   return n_seg == 1 ? partial[0] : sum_partials(partial);
 }
 
