@@ -78,3 +78,30 @@ def test_failed_extension_build_is_reported_and_remembered(monkeypatch):
     monkeypatch.setattr(_extension, "_build", lambda kind: pytest.fail("a failed build must not be retried"))
     with pytest.raises(BackendUnavailable, match="compiler exploded"):
         _extension.load("cpu")
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sjlt"])
+def test_cuda_asked_for_a_kind_it_lacks_raises_never_switches(monkeypatch, gen, kind):
+    """The CUDA kernel covers Rademacher only: asking for it (argument or env) with another kind
+    raises naming the kind; it never runs the Triton kernel instead."""
+    x = torch.randn(2, 5, generator=gen)
+    with pytest.raises(BackendUnavailable, match=f"backend='cuda' covers kind='rademacher' only, got kind='{kind}'"):
+        ops.project(x, 3, kind=kind, backend="cuda")
+    monkeypatch.setenv("FASTTDA_BACKEND", "cuda")
+    with pytest.raises(BackendUnavailable, match=r"backend='cuda' \(from FASTTDA_BACKEND\) covers kind='rademacher'"):
+        ops.project(x, 3, kind=kind)
+    with pytest.raises(BackendUnavailable, match="needs CUDA tensors"):  # Rademacher goes on to the device check
+        ops.project(x, 3, kind="rademacher")
+
+
+def test_auto_passes_over_a_form_that_cannot_serve_the_arguments(monkeypatch):
+    from fasttda import _extension
+
+    monkeypatch.setattr(_extension, "load", lambda kind: None)  # pretend the CUDA extension built
+    op = Op("x", reference=len, triton="builtins:abs", cuda="builtins:max")
+    cuda = torch.device("cuda")
+    assert op.resolve("auto", cuda) == ("cuda", max)
+    assert op.resolve("auto", cuda, {"cuda": "covers one kind only"}) == ("triton", abs)
+    assert op.resolve("auto", cuda, {"cuda": "no", "triton": "no"}) == ("reference", len)
+    with pytest.raises(BackendUnavailable, match="backend='triton' covers one kind only"):
+        op.resolve("triton", cuda, {"triton": "covers one kind only"})

@@ -69,11 +69,22 @@ class Op:
     cpp: str | None = None
     _cache: dict = field(default_factory=dict, repr=False)
 
-    def resolve(self, backend: str | None, device: torch.device) -> tuple[str, Callable]:
-        """Return ``(backend_name, implementation)`` for tensors on ``device``."""
+    def resolve(
+        self, backend: str | None, device: torch.device, unsupported: dict[str, str] | None = None
+    ) -> tuple[str, Callable]:
+        """Return ``(backend_name, implementation)`` for tensors on ``device``.
+
+        ``unsupported`` maps a form that cannot serve this call's arguments (a kernel that
+        covers one kind only, say) to the reason: ``auto`` passes over it, and asking for it
+        by name (argument or ``FASTTDA_BACKEND``) raises `BackendUnavailable` with that reason.
+        """
         requested = _requested(backend)
+        unsupported = unsupported or {}
         if requested == "auto":
-            return self._auto(device)
+            return self._auto(device, unsupported)
+        if requested in unsupported:
+            via = f" (from {ENV_VAR})" if backend in (None, "auto") else ""
+            raise BackendUnavailable(f"{self.name}: backend={requested!r}{via} {unsupported[requested]}")
         if requested == "reference":
             return "reference", self.reference
         if requested == "triton":
@@ -83,14 +94,16 @@ class Op:
         return "cuda", self._cuda(device)
 
     # -- the three rules --------------------------------------------------------------
-    def _auto(self, device: torch.device) -> tuple[str, Callable]:
+    def _auto(self, device: torch.device, unsupported: dict[str, str]) -> tuple[str, Callable]:
         if device.type == "cuda":
             for name, getter in (("cuda", self._cuda), ("triton", self._triton)):
+                if name in unsupported:
+                    continue
                 try:
                     return name, getter(device)
                 except BackendUnavailable:
                     continue
-        elif device.type == "cpu" and self.cpp is not None:
+        elif device.type == "cpu" and self.cpp is not None and "cpp" not in unsupported:
             try:
                 return "cpp", self._cpp(device)
             except BackendUnavailable:

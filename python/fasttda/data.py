@@ -56,11 +56,16 @@ def load_jsonl(
         raise DataError(f"data file not found: {path}")
     examples: list[Example] = []
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            where = f"{path}: line {line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{where}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})"
+                                ) from None
             if not line.strip():
                 continue
-            where = f"{path}: line {line_no}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

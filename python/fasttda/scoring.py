@@ -10,17 +10,21 @@ order as the op (higher score, then lower row index), so the result equals one c
 the op over all rows. Peak memory is one chunk per store (zero-copy views of the store's
 memory maps on the CPU) plus the op's bounded buffers plus ``Q × k``, whatever N is.
 
-On a GPU the next chunk is read and copied host → device (pinned buffer, side stream)
-while the current one is scored; see `_prefetch_to_device`.
+On a GPU the next chunk is read and copied host → device (pinned buffer, side stream) on
+a background thread while the current one is scored; see `_prefetch_to_device`. The loop
+makes no host sync per chunk: the op's value checks come back as device flags, combined
+on the device and read once at the end, and ids are looked up once, for the final rows.
 """
 from __future__ import annotations
 
+import queue
+import threading
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from fasttda.ops.score import pack_keys_at, score_topk, unpack_keys
+from fasttda.ops.score import NOT_FINITE, pack_keys_at, score_topk, score_topk_deferred, unpack_keys
 from fasttda.precondition import as_preconditioner
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -71,21 +75,29 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         if q.dim() != 2 or q.shape[1] != s.dim:
             raise ValueError(f"queries{f'[{c}]' if multi else ''} must be [Q, {s.dim}] for its store, got {tuple(q.shape)}")
 
-    merger = _RunningTopK(k)
+    merger = _RunningTopK(k, getattr(store_list[0], "ids_at", None))
     chunks = _aligned_chunks(store_list, chunk_rows)
     if device.type == "cuda":
         chunks = _prefetch_to_device(chunks, device)
+    ok = None
     for group in chunks:
-        start = group[0].start
-        values, local = score_topk(
-            query_list if multi else query_list[0],
-            [g.data for g in group] if multi else group[0].data, k=k,
-            scales=[g.scale for g in group] if multi else group[0].scale,
-            norms=[g.norms for g in group] if multi else group[0].norms,
-            weights=weights, normalize=normalize, fmt=[g.fmt for g in group] if multi else group[0].fmt,
-            backend=backend)
-        merger.add(values, local + start, group[0])
+        values, local, chunk_ok = score_topk_deferred(query_list if multi else query_list[0], **_chunk_args(
+            group, multi, k=k, weights=weights, normalize=normalize, backend=backend))
+        ok = chunk_ok if ok is None else ok & chunk_ok  # combined on the device: no host sync per chunk
+        merger.add(values, local + group[0].start, group[0])
+    if ok is not None and not bool(ok):  # the run's one check; on failure, find the chunk and say what is wrong
+        for group in _aligned_chunks(store_list, chunk_rows):
+            qs = [q.to(group[0].data.device) for q in query_list]  # the chunks as read: on the host for a GPU run
+            score_topk(qs if multi else qs[0], **_chunk_args(group, multi, k=k, weights=weights, normalize=normalize,
+                                                                   backend=backend))
+        raise ValueError(NOT_FINITE)
     return merger.result(query_list[0].shape[0], device)
+
+
+def _chunk_args(group, multi: bool, **kw) -> dict:
+    pick = (lambda get: [get(g) for g in group]) if multi else (lambda get: get(group[0]))
+    return dict(rows=pick(lambda g: g.data), scales=pick(lambda g: g.scale), norms=pick(lambda g: g.norms),
+                fmt=pick(lambda g: g.fmt), **kw)
 
 
 # -- stores -------------------------------------------------------------------------------
@@ -163,60 +175,113 @@ def _precondition(queries, preconditioner, count, device):
 
 # -- the running top-k ----------------------------------------------------------------------
 class _RunningTopK:
-    """Best k (score, row) pairs seen so far, with their ids: ``Q × k`` state, whatever N."""
+    """Best k (score, row) pairs seen so far: ``Q × k`` packed keys on the scoring device.
 
-    def __init__(self, k: int):
+    With ``lookup`` (the first store's ``ids_at``), chunks add keys only: no host sync per
+    chunk; ids are looked up once, for the final rows. Without it (a duck-typed store
+    whose chunks carry their ids), each chunk's ids are gathered on the host as it goes.
+    """
+
+    def __init__(self, k: int, lookup=None):
         self.k = k
+        self.lookup = lookup
         self.keys = None
-        self.ids = None  # numpy [Q, k], or None while the stores give no ids
+        self.ids = None  # per-chunk path: numpy [Q, k]
 
     def add(self, values, rows, chunk) -> None:
         keys = pack_keys_at(values, rows)
-        chunk_ids = _chunk_ids(chunk)
-        if chunk_ids is None:
-            ids = rows.cpu().numpy()
-        else:
-            ids = chunk_ids[(rows - chunk.start).cpu().numpy()]
         if self.keys is not None:
             keys = torch.cat((self.keys, keys), dim=1)
-            ids = np.concatenate((self.ids, ids), axis=1)
         top = torch.topk(keys, min(self.k, keys.shape[1]), dim=1)
+        if self.lookup is None:
+            chunk_ids = _chunk_ids(chunk)
+            ids = rows.cpu().numpy() if chunk_ids is None else chunk_ids[(rows - chunk.start).cpu().numpy()]
+            if self.ids is not None:
+                ids = np.concatenate((self.ids, ids), axis=1)
+            self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
         self.keys = top.values
-        self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
 
     def result(self, n_queries: int, device) -> TopK:
         if self.keys is None:  # a store with no rows
             empty = torch.empty(n_queries, 0, device=device)
             return TopK(empty, empty.long(), np.empty((n_queries, 0), dtype=np.int64))
         values, rows = unpack_keys(self.keys)
-        return TopK(values, rows, self.ids)
+        if self.lookup is None:
+            return TopK(values, rows, self.ids)
+        found = self.lookup(rows.reshape(-1).cpu())  # the one device-to-host copy of the run
+        ids = np.empty(len(found), dtype=object)
+        ids[:] = found
+        if all(isinstance(i, (int, np.integer)) for i in found):
+            ids = ids.astype(np.int64)
+        return TopK(values, rows, ids.reshape(rows.shape))
 
 
 # -- GPU: overlap reading + host-to-device copies with scoring -------------------------------
 def _prefetch_to_device(chunk_groups, device):
-    """Yield chunk groups with tensors on ``device``, one group ahead.
+    """Yield chunk groups with tensors on ``device``, staged ahead on a background thread.
 
-    NOT YET RUN ON A GPU (written in a session without one). Each group's tensors are
-    copied into pinned host buffers (the read from the memory map happens here), then
-    copied to the device with ``non_blocking=True`` on a side stream; the main stream
-    waits on that copy's event only when it scores the group. The copy of group i+1 thus
-    overlaps the scoring of group i. Buffers are released when their group is dropped.
+    NOT YET RUN ON A GPU (written in a session without one). The thread reads each group
+    (the read from the memory map happens there), copies it into pinned host buffers, then
+    to the device with ``non_blocking=True`` on a side stream, and records an event; the
+    main thread only makes its stream wait on that event (no host sync) when it scores the
+    group. Reading and pinning group i+1 thus overlap the scoring of group i on the host as
+    well as on the device. At most two groups are staged ahead of the one being scored.
     """
     copy_stream = torch.cuda.Stream(device=device)
     current = torch.cuda.current_stream(device)
-    pending = None
-    for group in chunk_groups:
-        moved = []
-        with torch.cuda.stream(copy_stream):
-            for chunk in group:
-                moved.append(_DeviceChunk(chunk, device))
+
+    def stage(group):
+        with torch.cuda.stream(copy_stream):  # the thread's current stream (and device)
+            moved = [_DeviceChunk(chunk, device) for chunk in group]
             ready = torch.cuda.Event()
             ready.record(copy_stream)
-        if pending is not None:
-            yield _wait(pending, current)
-        pending = (moved, ready)
-    if pending is not None:
+        return moved, ready
+
+    for pending in _in_background(chunk_groups, stage):
         yield _wait(pending, current)
+
+
+def _in_background(items, stage, depth: int = 1):
+    """Yield ``stage(item)`` for each of ``items`` in order, computed on a background thread
+    that runs up to ``depth`` + 1 items ahead of the caller (bounded memory). The iterator
+    ``items`` itself is consumed on that thread. An exception there is raised here, after
+    the items staged before it; closing this generator early stops the thread."""
+    done = object()
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work():
+        try:
+            for item in items:
+                if stop.is_set() or not put((stage(item), None)):
+                    return
+        except BaseException as exc:  # handed to the caller, raised there
+            put((None, exc))
+            return
+        put((done, None))
+
+    thread = threading.Thread(target=work, name="fasttda-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            value, exc = slots.get()
+            if exc is not None:
+                raise exc
+            if value is done:
+                return
+            yield value
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _wait(pending, stream):
@@ -231,10 +296,14 @@ def _wait(pending, stream):
 
 class _DeviceChunk:
     def __init__(self, chunk, device):
-        self.start, self.fmt, self.ids = chunk.start, chunk.fmt, _chunk_ids(chunk)
+        self.start, self.fmt, self._source = chunk.start, chunk.fmt, chunk
         self.data = _to_device(chunk.data, device)
         self.scale = None if chunk.scale is None else _to_device(chunk.scale, device)
         self.norms = _to_device(chunk.norms, device)
+
+    @property
+    def ids(self):  # looked up only when asked for (a FeatureStore's are looked up once, at the end)
+        return _chunk_ids(self._source)
 
 
 def _to_device(t: torch.Tensor, device) -> torch.Tensor:

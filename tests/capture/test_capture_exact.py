@@ -1,11 +1,13 @@
 """GradientCapture vs exact per-example gradients (torch.func vmap(grad), float64), projected the same way."""
+import copy
+
 import pytest
 import torch
 
 import fasttda
 from capture_reference import (assert_features_close, block_gradients, example_alone, expected_dense,
                                expected_factored, expected_raw, make_batch)
-from helpers import needs_triton
+from helpers import needs_triton, triton_device
 
 MODELS = ["tiny_gpt2", "tiny_llama"]
 
@@ -94,6 +96,10 @@ def test_triton_kernels_inside_capture(tiny_llama, gen, hold_inputs):
     kwargs = dict(modules="*.layers.1.*", projection=("factored", 4, 3), hold_inputs=hold_inputs)
     with fasttda.GradientCapture(tiny_llama, backend="reference", **kwargs) as cap:
         ref = cap.features(**batch)
-    with fasttda.GradientCapture(tiny_llama, backend="triton", **kwargs) as cap:
-        out = cap.features(**batch)
-    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))
+    # Triton runs on CUDA tensors on a GPU machine, and on CPU tensors only under TRITON_INTERPRET=1.
+    dev = triton_device()
+    model = tiny_llama if dev == "cpu" else copy.deepcopy(tiny_llama).to(dev)
+    with fasttda.GradientCapture(model, backend="triton", **kwargs) as cap:
+        out = cap.features(**{name: t.to(dev) for name, t in batch.items()})
+    assert out.device.type == dev
+    torch.testing.assert_close(out.cpu(), ref, rtol=1e-4, atol=1e-5 * float(ref.abs().max()))

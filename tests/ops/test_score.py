@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+import helpers
 from helpers import needs_triton, triton_device
 
 from fasttda.ops import score as score_mod
@@ -46,11 +47,7 @@ def assert_topk_matches(values, indices, scores, k, atol=ATOL):
 
 def assert_same_ranking(a, b, tol=ATOL):
     """Two (values, indices) results agree: values within tol, indices wherever no near-tie."""
-    (va, ia), (vb, ib) = a, b
-    torch.testing.assert_close(va, vb, atol=tol, rtol=1e-5)
-    padded = torch.cat([va[:, :1] + 1, va, va[:, -1:] - 1], dim=1).double()
-    separated = ((padded[:, :-2] - padded[:, 1:-1]) > 4 * tol) & ((padded[:, 1:-1] - padded[:, 2:]) > 4 * tol)
-    assert (ia[separated] == ib[separated]).all()
+    helpers.assert_same_ranking(a, b, tol)
 
 
 def make_store(x, fmt):

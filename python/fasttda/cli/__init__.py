@@ -23,6 +23,11 @@ SUBCOMMANDS = {
 
 
 class LazyGroup(click.Group):
+    def invoke(self, ctx):
+        from fasttda.cli._common import run_reporting_errors
+
+        return run_reporting_errors(super().invoke, ctx)
+
     def list_commands(self, ctx):
         return [name for name, (mod, _, _) in SUBCOMMANDS.items() if importlib.util.find_spec(mod)]
 

@@ -1,7 +1,9 @@
 """Options and error handling shared by the subcommands.
 
 Bad input ends the command with one line (``Error: ...``) and exit status 1, never a
-traceback; set ``FASTTDA_DEBUG=1`` to see the traceback instead.
+traceback; set ``FASTTDA_DEBUG=1`` to see the traceback instead. `error_line` is the one
+place that turns an exception into that line; the ``fasttda`` group applies it to every
+subcommand.
 """
 from __future__ import annotations
 
@@ -13,19 +15,78 @@ import click
 FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3")
 
 
+# a missing optional module -> the extra that installs it
+EXTRAS = {"transformers": "hf", "peft": "hf", "matplotlib": "demo", "rank_bm25": "demo", "traker": "trak",
+          "dattri": "dattri", "triton": "triton", "jsonschema": "dev"}
+
+
+def error_line(exc: BaseException) -> str:
+    """One line saying what went wrong, for any error a command lets through.
+
+    fasttda's documented errors (`StoreError` and its kinds, `IncompatibleStoresError`,
+    `BackendUnavailable`, `DataError`, `CheckpointError`, and the ValueError/TypeError/
+    OSError its functions raise on bad arguments or files) carry self-contained messages
+    that name the file or argument; multi-line ones are folded onto one line. A missing
+    optional module names the extra to install. Anything else is a bug: its type is named
+    and ``FASTTDA_DEBUG=1`` shows the traceback.
+    """
+    from fasttda.store import CorruptStoreError, IncompatibleStoresError, StoreError
+
+    if isinstance(exc, CorruptStoreError) and exc.problems:
+        head = str(exc).splitlines()[0].rstrip(":")
+        more = f" (+{len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
+        first = exc.problems[0]
+        return head if first in head else f"{head}: {first}{more}"
+    if isinstance(exc, ImportError) and not isinstance(exc, ModuleNotFoundError) and "cannot import name" in str(exc):
+        return _internal(exc)
+    if isinstance(exc, ImportError):
+        module = (exc.name or "").split(".")[0] or "a module"
+        extra = EXTRAS.get(module)
+        hint = f": pip install 'fasttda[{extra}]'" if extra else ""
+        return f"this command needs {module}, which is not installed{hint}"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"input is not valid UTF-8 ({exc.reason} at byte {exc.start})"
+    if isinstance(exc, RecursionError):
+        return "input is nested too deeply to read"
+    if isinstance(exc, (StoreError, IncompatibleStoresError)):
+        return _fold(exc)
+    from fasttda._dispatch import BackendUnavailable
+
+    if isinstance(exc, (BackendUnavailable, ValueError, TypeError, OSError, FloatingPointError)):
+        if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in str(exc):
+            return f"{exc.filename}: {exc.strerror or exc}"
+        return _fold(exc)
+    if type(exc).__name__ == "UnpicklingError":
+        return f"refused to unpickle a file holding objects other than tensors ({_fold(exc)[:120]})"
+    return _internal(exc)
+
+
+def _fold(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return "; ".join(lines) if lines else type(exc).__name__
+
+
+def _internal(exc: BaseException) -> str:
+    return f"unexpected {type(exc).__name__}: {_fold(exc)[:300]} (a fasttda bug? FASTTDA_DEBUG=1 shows the traceback)"
+
+
+def run_reporting_errors(fn, *args, **kwargs):
+    """Call ``fn``; any error but click's own ends the command with ``Error: <one line>``, exit 1."""
+    try:
+        return fn(*args, **kwargs)
+    except (click.ClickException, click.exceptions.Exit, click.Abort):
+        raise
+    except Exception as exc:
+        if os.environ.get("FASTTDA_DEBUG") == "1":
+            raise
+        raise click.ClickException(error_line(exc)) from None
+
+
 def one_line_errors(fn):
+    """Decorator form of `run_reporting_errors` (every subcommand also gets it from the group)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError,
-                PermissionError, FloatingPointError) as exc:
-            if os.environ.get("FASTTDA_DEBUG") == "1":
-                raise
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise click.ClickException(message) from None
+        return run_reporting_errors(fn, *args, **kwargs)
     return wrapper
 
 

@@ -55,8 +55,11 @@ def bench(suites, quick, device, out_dir, plots, busy):
         ctx = harness.BenchContext(quick=quick, device=device)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from fasttda import _extension
     from fasttda.bench.busy import busy_cores
 
+    # build (or load the cached build of) the compiled kernels now, so no suite's timing pays for it
+    _extension.prepare(["cpu"] + (["cuda"] if device == "cuda" else []), log=lambda m: click.echo(m, err=True))
     with busy_cores(busy):
         report = harness.run_suites(names, ctx, {name: _suite_module(name) for name in names})
     report["config"]["busy"] = bool(busy)

@@ -13,7 +13,7 @@ def store():
 
 
 @store.command("info")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifests as JSON.")
 def info(paths, as_json):
     """Rows, format, shards, spec and fingerprint of each store (cheap size checks only)."""
@@ -34,11 +34,12 @@ def info(paths, as_json):
 
 
 @store.command("verify")
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("--compatible", is_flag=True, help="Also require the stores to share dim, spec and fingerprint.")
 def verify(paths, compatible):
     """Re-hash every committed byte (SHA-256) and check stored values; exit 1 on any problem."""
-    from fasttda.store import CorruptStoreError, FeatureStore, IncompatibleStoresError, check_compatible
+    from fasttda.cli._common import error_line
+    from fasttda.store import FeatureStore, IncompatibleStoresError, StoreError, check_compatible
 
     failed, stores = False, []
     for p in paths:
@@ -47,14 +48,14 @@ def verify(paths, compatible):
             summary = s.verify()
             stores.append(s)
             click.echo(f"ok {p}: {summary['rows']} rows, {summary['shards']} shard(s), {summary['bytes']} bytes")
-        except (CorruptStoreError, FileNotFoundError) as exc:
+        except (StoreError, OSError) as exc:
             failed = True
-            click.echo(f"FAILED {p}: {exc}", err=True)
+            click.echo(f"FAILED {p}: {error_line(exc)}", err=True)
     if compatible and len(stores) > 1:
         try:
             check_compatible(stores)
             click.echo("compatible: same dim, spec and fingerprint")
         except IncompatibleStoresError as exc:
             failed = True
-            click.echo(f"FAILED {exc}", err=True)
+            click.echo(f"FAILED {error_line(exc)}", err=True)
     sys.exit(1 if failed else 0)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     is_lora = (path / "adapter_config.json").is_file()
     if not is_lora and not (path / "config.json").is_file():
         raise CheckpointError(f"{path} holds no Hugging Face model (no config.json or adapter_config.json)")
+    for name in ("adapter_config.json", "config.json"):
+        if (path / name).is_file():
+            _read_json(path / name)  # a clear error naming the file, before transformers reads it
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -65,6 +69,10 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         tokenizer_dir = path if _has_tokenizer(path) else _lora_base_dir(path) if is_lora else path
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: refused to load its pickled weights (pytorch_model.bin): they hold objects "
+                              "other than tensors, and fasttda never unpickles code; convert them to "
+                              "safetensors") from None
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
     finally:
@@ -80,8 +88,23 @@ def _has_tokenizer(path: Path) -> bool:
 
 
 def _lora_base_dir(path: Path) -> Path:
-    config = json.loads((path / "adapter_config.json").read_text())
+    config = _read_json(path / "adapter_config.json")
     return Path(config.get("base_model_name_or_path") or path)
+
+
+def _read_json(file: Path) -> dict:
+    """A model directory's JSON config, or a `CheckpointError` naming the file and what is wrong."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{file}: not valid UTF-8 (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    except RecursionError:
+        raise CheckpointError(f"{file}: JSON nested too deeply") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def load_tokenizer(path: str | os.PathLike):

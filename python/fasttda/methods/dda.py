@@ -179,7 +179,8 @@ def check_store(store, path, *, checkpoint: Checkpoint | None = None, projection
 def store_projection(store) -> ProjectionSpec:
     meta = _backend.store_meta(store)
     if "projection" not in meta:
-        raise StoreMismatch("the store records no projection; it was not built by fasttda's index")
+        raise StoreMismatch(f"store {getattr(store, 'path', '')} records no projection; it was not built by "
+                            "fasttda's index")
     return ProjectionSpec(**meta["projection"])
 
 

@@ -59,9 +59,8 @@ def project(
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
     device = common_device(x)
-    name, impl = PROJECT.resolve(backend, device)
-    if name == "cuda" and kind != "rademacher" and backend in (None, "auto"):
-        name, impl = PROJECT.resolve("triton", device)  # the CUDA kernel covers Rademacher only
+    unsupported = {} if kind == "rademacher" else {"cuda": f"covers kind='rademacher' only, got kind={kind!r}"}
+    _, impl = PROJECT.resolve(backend, device, unsupported)
     return impl(x, out_dim, kind, k_row, k_col, offset, s)
 
 

@@ -73,15 +73,26 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         raise ValueError(f"x must be a 2-D tensor [N, d], got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    bad = nonfinite_rows(x)
-    if bad.numel():
-        raise ValueError(f"x has non-finite values in rows {bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}")
-    if fmt == "fp16" and x.numel() and x.abs().max() > FP16_MAX:
-        raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
-    if fmt == "bf16" and x.dtype == torch.float32 and x.numel() and x.abs().max() > BF16_MAX:
+    if x.numel() and not bool(_values_ok(x, fmt)):  # one reduction, one host sync; then look closer
+        bad = nonfinite_rows(x)
+        if bad.numel():
+            raise ValueError(f"x has non-finite values in rows {bad[:10].tolist()}{' ...' if bad.numel() > 10 else ''}")
+        if fmt == "fp16":
+            raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
         raise ValueError("x has values beyond the bf16 range ±3.39e38 (they would round to inf); use a scaled format")
     _, impl = QUANTIZE.resolve(backend, common_device(x))
     return impl(x, fmt)
+
+
+def _values_ok(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    """0-dim bool on x's device: x is finite and, for fp16/bf16, inside the format's range.
+    One pass over x (min and max together, both propagating NaN), no host sync."""
+    low, high = torch.aminmax(x)
+    ok = torch.isfinite(low) & torch.isfinite(high)
+    limit = FP16_MAX if fmt == "fp16" else BF16_MAX if fmt == "bf16" and x.dtype == torch.float32 else None
+    if limit is not None:
+        ok &= (high <= limit) & (low >= -limit)
+    return ok
 
 
 def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:

@@ -66,17 +66,38 @@ def score_topk(queries, rows, *, k: int, scales=None, norms=None, weights=None, 
     Raises ValueError for non-finite queries, and when scores come out non-finite (NaN/inf
     rows or scales, or float32 overflow). Rows come back best first; equal scores in increasing row index, on every backend.
     """
+    values, indices = _score_topk(queries, rows, k, scales, norms, weights, normalize, fmt, backend, None)
+    check_finite_scores(values)
+    return values, indices
+
+
+def score_topk_deferred(queries, rows, *, k: int, scales=None, norms=None, weights=None, normalize: bool = False,
+                        fmt=None, backend: str | None = "auto"):
+    """`score_topk` without host syncs: ``(values, indices, ok)``.
+
+    ``ok`` is a 0-dim bool tensor on the rows' device, False when the queries, scales or
+    norms hold NaN/inf (or negative scales/norms) or the scores are not finite; the values
+    are then meaningless. Shapes, dtypes and formats are still checked at once (they need
+    no device data). A caller streaming many chunks (`fasttda.score`) combines the flags on
+    the device, reads them once at the end, and on failure calls `score_topk` on the
+    chunks again for the precise error.
+    """
+    checks: list[torch.Tensor] = []
+    values, indices = _score_topk(queries, rows, k, scales, norms, weights, normalize, fmt, backend, checks)
+    checks.append(finite(values))
+    return values, indices, torch.stack(checks).all()
+
+
+def _score_topk(queries, rows, k, scales, norms, weights, normalize, fmt, backend, checks):
     _check_k(k)
-    terms = prepare_terms(queries, rows, scales=scales, norms=norms, weights=weights, normalize=normalize, fmt=fmt)
-    n_rows = terms.n_rows
-    k = min(k, n_rows)
+    terms = prepare_terms(queries, rows, scales=scales, norms=norms, weights=weights, normalize=normalize, fmt=fmt,
+                          checks=checks)
+    k = min(k, terms.n_rows)
     q = terms.queries[0].shape[0]
     if k == 0:
         return torch.empty(q, 0, device=terms.device), torch.empty(q, 0, dtype=torch.int64, device=terms.device)
     _, impl = SCORE_TOPK.resolve(backend, terms.device)
-    values, indices = impl(terms.queries, terms.rows, terms.factors, terms.fmts, k)
-    check_finite_scores(values)
-    return values, indices
+    return impl(terms.queries, terms.rows, terms.factors, terms.fmts, k)
 
 
 def score_dense(queries, rows, *, scales=None, norms=None, weights=None, normalize: bool = False, fmt=None,
@@ -153,7 +174,10 @@ def infer_format(rows: torch.Tensor, fmt) -> str:
     return fmt
 
 
-def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, normalize=False, fmt=None) -> Terms:
+def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, normalize=False, fmt=None,
+                  checks: list | None = None) -> Terms:
+    """Checked, kernel-ready inputs. Value checks (NaN/inf queries, scales, norms) raise at
+    once, or, given a ``checks`` list, append 0-dim device bools to it (no host sync)."""
     multi = isinstance(rows, (list, tuple))
     if multi != isinstance(queries, (list, tuple)):
         raise TypeError("queries and rows must both be tensors or both be lists (one entry per store)")
@@ -196,9 +220,12 @@ def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, norma
             n_q = q.shape[0]
         if q.shape[0] != n_q or n_q < 1:
             raise ValueError(f"every queries tensor needs the same Q >= 1 rows, got {q.shape[0]} for queries{tag}")
-        bad = (~torch.isfinite(q)).any(dim=1).nonzero().flatten()
-        if bad.numel():
-            raise ValueError(f"queries{tag} has non-finite values in rows {bad[:10].tolist()}")
+        if checks is not None:
+            checks.append(torch.isfinite(q).all())
+        else:
+            bad = (~torch.isfinite(q)).any(dim=1).nonzero().flatten()
+            if bad.numel():
+                raise ValueError(f"queries{tag} has non-finite values in rows {bad[:10].tolist()}")
         f = infer_format(r, fmt_list[c])
         if f == "fp8_e4m3" and r.dtype == torch.uint8:
             r = r.view(FP8)
@@ -212,7 +239,7 @@ def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, norma
             raise ValueError(f"every store needs the same N rows, got {r.shape[0]} for rows{tag} and {out.n_rows} before")
         if out.n_rows > MAX_ROWS:
             raise ValueError(f"rows{tag} has {out.n_rows} rows; one call scores at most {MAX_ROWS} (split the store)")
-        factor = _row_factor(r, f, dim, scales_list[c], norms_list[c], normalize, tag)
+        factor = _row_factor(r, f, dim, scales_list[c], norms_list[c], normalize, tag, checks)
         qf = q.to(torch.float32)
         if normalize:
             qn = q.to(torch.float64).norm(dim=1, keepdim=True)
@@ -226,17 +253,17 @@ def prepare_terms(queries, rows, *, scales=None, norms=None, weights=None, norma
     return out
 
 
-def _row_factor(rows, fmt, dim, scale, norm, normalize, tag):
+def _row_factor(rows, fmt, dim, scale, norm, normalize, tag, checks=None):
     n = rows.shape[0]
     factor = None
     if fmt in SCALED_QMAX:
         if scale is None:
             raise ValueError(f"scales{tag} is required for fmt={fmt!r} rows")
-        factor = _vector(scale, n, f"scales{tag}", rows.device)
+        factor = _vector(scale, n, f"scales{tag}", rows.device, checks)
     elif scale is not None:
         raise ValueError(f"scales{tag} was given but fmt={fmt!r} rows have no scale")
     if norm is not None:
-        norm = _vector(norm, n, f"norms{tag}", rows.device)
+        norm = _vector(norm, n, f"norms{tag}", rows.device, checks)
     if not normalize:
         return factor
     if norm is None:
@@ -245,13 +272,15 @@ def _row_factor(rows, fmt, dim, scale, norm, normalize, tag):
     return inv if factor is None else factor * inv
 
 
-def _vector(t, n, name, device) -> torch.Tensor:
+def _vector(t, n, name, device, checks=None) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or t.shape != (n,):
         raise ValueError(f"{name} must be a tensor [{n}], got {getattr(t, 'shape', type(t).__name__)}")
     if t.device != device:
         raise ValueError(f"{name} is on {t.device} but the rows are on {device}")
     t = t.to(torch.float32).contiguous()
-    if not torch.isfinite(t).all() or (t < 0).any():
+    if checks is not None:
+        checks.append(finite(t) & (t.numel() == 0 or t.min() >= 0))
+    elif not torch.isfinite(t).all() or (t < 0).any():
         raise ValueError(f"{name} must be finite and >= 0")
     return t
 
@@ -266,13 +295,23 @@ def dequantized_norms(rows, fmt, dim, scale) -> torch.Tensor:
     return norms if scale is None else norms * scale
 
 
+NOT_FINITE = ("scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), or the dot "
+              "products overflow float32; rescale the features")
+
+
+def finite(t: torch.Tensor) -> torch.Tensor:
+    """0-dim bool on ``t``'s device: no NaN/inf in ``t`` (no host sync; two reductions, no temporary)."""
+    if not t.numel():
+        return torch.ones((), dtype=torch.bool, device=t.device)
+    lo, hi = torch.aminmax(t)  # both propagate NaN
+    return torch.isfinite(lo) & torch.isfinite(hi)
+
+
 def check_finite_scores(values: torch.Tensor, first_row: int = 0) -> None:
     # One summing pass (cheap next to the matmul) rules out NaN/inf; only then look closer.
     if values.numel() and not math.isfinite(values.sum().item()):
         if not torch.isfinite(values).all():
-            raise ValueError(
-                "scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), or the dot "
-                f"products overflow float32 (rows from {first_row}); rescale the features")
+            raise ValueError(NOT_FINITE.replace("float32;", f"float32 (rows from {first_row});"))
 
 
 # -- keys: one int64 per (score, row) that sorts as "higher score, then lower row" -------------
@@ -361,21 +400,26 @@ def score_topk_reference(queries, rows, factors, fmts, k):
     n_rows, n_q = rows[0].shape[0], queries[0].shape[0]
     step = chunk_rows(n_q, max(q.shape[1] for q in queries))
     buffer = torch.empty(n_q * min(step, n_rows), dtype=torch.float32, device=queries[0].device)
-    best = None
+    best, ok = None, None
     for lo in range(0, n_rows, step):
         hi = min(n_rows, lo + step)
         scores = chunk_scores(queries, rows, factors, fmts, lo, hi, buffer[:n_q * (hi - lo)].view(n_q, hi - lo))
-        check_finite_scores(scores, lo)
+        ok = finite(scores) if ok is None else ok & finite(scores)  # on the device: no sync per chunk
         best = merge_topk(best, chunk_topk_keys(scores, lo, k), k)
-    return unpack_keys(best)
+    values, indices = unpack_keys(best)
+    return torch.where(ok, values, float("nan")), indices  # a non-finite score anywhere: NaN values, reported by the op
 
 
 def score_dense_reference(queries, rows, factors, fmts, out):
     n_rows, n_q = rows[0].shape[0], queries[0].shape[0]
     step = chunk_rows(n_q, max(q.shape[1] for q in queries))
+    ok = None
     for lo in range(0, n_rows, step):
         hi = min(n_rows, lo + step)
-        check_finite_scores(chunk_scores(queries, rows, factors, fmts, lo, hi, out[:, lo:hi]), lo)
+        chunk_ok = finite(chunk_scores(queries, rows, factors, fmts, lo, hi, out[:, lo:hi]))
+        ok = chunk_ok if ok is None else ok & chunk_ok  # on the device: one sync, at the end
+    if ok is not None and not bool(ok):
+        raise ValueError(NOT_FINITE)
     return out
 
 

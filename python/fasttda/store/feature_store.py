@@ -17,6 +17,7 @@ committed store; ``open(path, mode="append")`` cuts the uncommitted tail and goe
 from __future__ import annotations
 
 import copy
+import os
 import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -27,7 +28,9 @@ import torch
 
 from fasttda.ops.quantize import FLOAT_FORMATS, SCALED_QMAX, bytes_per_row, stored_width
 from fasttda.store import manifest as mf
-from fasttda.store.errors import StoreError, StoreLockedError
+from fasttda._flock import FileLock, LockBusy
+from fasttda.store._fs import is_real_dir
+from fasttda.store.errors import CorruptStoreError, StoreError, StoreLockedError
 from fasttda.store.ids import ids_digest, name_rows, normalize_ids
 from fasttda.store.shards import TORCH_DTYPE, ShardReader, ShardWriter, remove_uncommitted, roles, to_disk_array
 from fasttda.store.verify import check_files, check_values, raise_problems
@@ -118,8 +121,11 @@ class FeatureStore:
             if (root / mf.MANIFEST).exists():  # another create won the race for the lock
                 raise FileExistsError(f"a feature store already exists at {root}; open it with FeatureStore.open")
             shards = root / mf.SHARD_DIR
+            if os.path.lexists(shards) and not is_real_dir(shards):
+                raise StoreError(f"{shards} is a symlink or not a directory; a store holds no links (refused, "
+                                 "nothing was deleted)")
             shards.mkdir(exist_ok=True)
-            remove_uncommitted(shards, set())  # a crashed create's leftovers
+            remove_uncommitted(shards, 0)  # a crashed create's leftovers
             mf.write_json_atomic(root / mf.MANIFEST, manifest)
             mf.fsync_dir(root.parent)
         except BaseException:
@@ -162,7 +168,7 @@ class FeatureStore:
     def _resume(self) -> None:
         shards = self.path / mf.SHARD_DIR
         committed = self._manifest["shards"]
-        if remove_uncommitted(shards, {e["name"] for e in committed}):
+        if remove_uncommitted(shards, len(committed)):
             mf.fsync_dir(shards)
         if committed and committed[-1]["rows"] < self.shard_rows:
             writer = ShardWriter(shards, len(committed) - 1, roles(self.fmt, self.id_kind), committed[-1])
@@ -219,21 +225,25 @@ class FeatureStore:
 
     # -- writing -------------------------------------------------------------------------------
     def append(self, features, ids=None) -> None:
-        """Quantize and append rows ``[n, dim]`` (torch or numpy, float), with optional ids.
+        """Quantize and append rows ``[n, dim]`` (torch or numpy; float32, float64, float16 or
+        bfloat16), with optional ids.
 
-        ``ids``: a sequence of n ints or n strings, fixed per store by its first append;
-        None means running row indices. Rows with NaN/inf are rejected by id, nothing is
-        written. Rows become visible at the next `commit`.
+        ``ids``: a 1-D sequence of n ints or n strings (not a mix; strings valid UTF-8), fixed
+        per store by its first successful append; None means running row indices. Rows with
+        NaN/inf (or float64 beyond float32's range) are rejected by id, nothing is written.
+        Rows become visible at the next `commit`. If writing fails (e.g. ``OSError`` ENOSPC),
+        this batch is undone and rows appended before it stay pending.
         """
         self._check_writer()
-        x = torch.from_numpy(np.ascontiguousarray(features)) if isinstance(features, np.ndarray) else features
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"features must be a torch.Tensor or numpy array, got {type(features).__name__}")
-        if x.dim() != 2 or not x.is_floating_point():
+        x = as_float_tensor(features)
+        if x.dim() != 2:
             raise ValueError(f"features must be a 2-D floating array [n, {self.dim}], got {x.dtype} {tuple(x.shape)}")
         self._check_dim(x.shape[1])
         id_kind, id_values = self._normalize_ids(ids, x.shape[0])
         norms = row_norms(x)
+        if x.dtype != torch.float32:  # float64 beyond float32's range becomes inf here, and is refused below
+            x = x.to(torch.float32)
+            norms = torch.where(torch.isfinite(x).all(dim=1), norms, torch.full_like(norms, float("inf")))
         bad = (~torch.isfinite(norms)).nonzero().flatten().tolist()  # NaN/inf rows, nothing else
         if bad:
             raise ValueError(f"features hold NaN or inf (or a norm beyond float32) in {len(bad)} row(s); rejected, "
@@ -281,7 +291,7 @@ class FeatureStore:
             self._write(id_kind, data, scale, norms, id_values)
 
     def _write(self, id_kind, data, scale, norms, id_values) -> None:
-        self._manifest["id_kind"] = id_kind
+        """Write a checked batch to the shards; on any error (a full disk) undo all of it."""
         n = data.shape[0]
         arrays = {"data": to_disk_array(data), "norms": to_disk_array(norms)}
         if scale is not None:
@@ -293,7 +303,7 @@ class FeatureStore:
         try:
             pos = 0
             while pos < n:
-                writer = self._open_writer()
+                writer = self._open_writer(id_kind)
                 take = min(n - pos, self.shard_rows - writer.rows)
                 writer.write({r: arrays[r][pos:pos + take] for r in writer.roles if r != "ids_end"}, take)
                 pos += take
@@ -302,12 +312,13 @@ class FeatureStore:
             if state is not None:
                 self._writers[-1].rollback(state)
             raise
+        self._manifest["id_kind"] = id_kind  # only once rows carrying it are written
         self._pending += n
 
-    def _open_writer(self) -> ShardWriter:
+    def _open_writer(self, id_kind: str) -> ShardWriter:
         if self._writers and self._writers[-1].rows < self.shard_rows:
             return self._writers[-1]
-        writer = ShardWriter(self.path / mf.SHARD_DIR, self._next_shard_index(), roles(self.fmt, self.id_kind))
+        writer = ShardWriter(self.path / mf.SHARD_DIR, self._next_shard_index(), roles(self.fmt, id_kind))
         self._writers.append(writer)
         return writer
 
@@ -317,17 +328,47 @@ class FeatureStore:
 
     def _drop_writers(self, keep: int) -> None:
         """Close and delete the shards opened after the first ``keep`` writers (never committed)."""
-        for writer in self._writers[keep:]:
-            writer.close()
-            for r in writer.roles:
-                writer.path(r).unlink(missing_ok=True)
-        del self._writers[keep:]
+        dropped, self._writers[keep:] = self._writers[keep:], []
+        for writer in dropped:
+            try:
+                writer.delete()
+            except OSError:  # left for the next open(mode="append") to remove: their index is uncommitted
+                writer.close()
 
     def commit(self) -> None:
-        """Make every appended row durable and visible: fsync the shards, then replace the manifest."""
+        """Make every appended row durable and visible: fsync the shards, then replace the manifest.
+
+        If this raises (e.g. ``OSError`` ENOSPC on a full disk), every pending row is dropped
+        and the store stays as it was at the last commit, open for appending: append those
+        rows again. (An fsync that failed once cannot be trusted to have written them.) The
+        one exception: if only the final fsync of the directory failed, the new manifest is
+        already in place, the rows are committed and ``len(self)`` counts them.
+        """
         self._check_writer()
         if not self._pending:
             return
+        try:
+            self._sync_shards()
+        except BaseException:
+            self._discard_pending()
+            raise
+        entries = {e["name"]: e for e in self._manifest["shards"]}
+        for writer in self._writers:
+            entries[writer.name] = writer.entry()
+        manifest = copy.deepcopy(self._manifest)
+        manifest["shards"] = [entries[k] for k in sorted(entries)]
+        manifest["rows"] = sum(e["rows"] for e in manifest["shards"])
+        try:
+            mf.write_json_atomic(self.path / mf.MANIFEST, mf.stamp(manifest))
+        except BaseException as exc:
+            if getattr(exc, "manifest_replaced", False):  # only the directory's fsync failed: committed
+                self._adopt(manifest)
+            else:  # the last commit stands
+                self._discard_pending()
+            raise
+        self._adopt(manifest)
+
+    def _sync_shards(self) -> None:
         created = False
         for writer in self._writers:
             if writer.dirty:
@@ -335,16 +376,12 @@ class FeatureStore:
             created |= writer.created
         if created:
             mf.fsync_dir(self.path / mf.SHARD_DIR)
-        entries = {e["name"]: e for e in self._manifest["shards"]}
-        for writer in self._writers:
-            writer.created = False
-            entries[writer.name] = writer.entry()
-        manifest = copy.deepcopy(self._manifest)
-        manifest["shards"] = [entries[k] for k in sorted(entries)]
-        manifest["rows"] = sum(e["rows"] for e in manifest["shards"])
-        mf.write_json_atomic(self.path / mf.MANIFEST, mf.stamp(manifest))
+
+    def _adopt(self, manifest: dict) -> None:
         self._manifest = manifest
         self._pending = 0
+        for writer in self._writers:
+            writer.created = False
         for writer in self._writers[:-1]:
             writer.close()
         del self._writers[:-1]
@@ -370,8 +407,11 @@ class FeatureStore:
         self._drop_writers(sum(1 for w in self._writers if w.name in committed))
         for writer in self._writers:
             entry = committed[writer.name]
-            for r, f in writer.files.items():
-                f.truncate(entry["files"][r]["bytes"])
+            for r, fd in writer.fds.items():
+                try:
+                    os.ftruncate(fd, entry["files"][r]["bytes"])
+                except OSError:  # bytes past the committed size are never read; the next resume cuts them
+                    pass
             writer.close()
         self._writers = []
         self._pending = 0
@@ -506,12 +546,36 @@ class FeatureStore:
         return name_rows(bad, id_values, len(self) + self._pending)
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def as_float_tensor(features) -> torch.Tensor:
+    """``features`` as a torch tensor of a float dtype the store takes (numpy without a copy where it can)."""
+    if isinstance(features, np.ndarray):
+        arr = features
+        if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: the same bits as torch's
+            return torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
+        if arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8):
+            return torch.from_numpy(np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False)))
+        dtype = arr.dtype
+    elif isinstance(features, torch.Tensor):
+        if features.dtype in FLOAT_DTYPES:
+            return features
+        dtype = features.dtype
+    else:
+        raise TypeError(f"features must be a torch.Tensor or numpy array, got {type(features).__name__}")
+    raise TypeError(f"features must be float32, float64, float16 or bfloat16 (torch or numpy), got {dtype}; "
+                    "rows already in the store's format go through append_quantized")
+
+
 def row_norms(x: torch.Tensor) -> torch.Tensor:
     """Float32 L2 norms of rows; non-finite exactly for the rows holding NaN or inf.
 
     Rows whose float32 sum of squares overflows are redone in float64, where finite
-    float32 values cannot overflow.
+    float32 values cannot overflow. Float64 input is normed in float64.
     """
+    if x.dtype == torch.float64:
+        return torch.linalg.vector_norm(x, dim=1).to(torch.float32)
     norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
     redo = (~torch.isfinite(norms)).nonzero().flatten()
     if redo.numel():
@@ -519,13 +583,15 @@ def row_norms(x: torch.Tensor) -> torch.Tensor:
     return norms
 
 
-def _lock(root: Path):
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(root / mf.LOCK), timeout=0)
+def _lock(root: Path) -> FileLock:
+    """The store's writer lock (flock: a killed writer's lock is released by the OS)."""
+    lock = FileLock(root / mf.LOCK, timeout=0)
     try:
         lock.acquire()
-    except Timeout:
+    except LockBusy:
         raise StoreLockedError(f"another writer holds {root} (lock {root / mf.LOCK}); one writer at a time. "
                                "Readers may open it with mode='r' meanwhile.") from None
+    except OSError as exc:
+        raise CorruptStoreError(f"{root / mf.LOCK}: cannot take the writer lock: {exc.strerror or exc}",
+                                [str(root / mf.LOCK)]) from None
     return lock

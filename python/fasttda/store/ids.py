@@ -11,6 +11,8 @@ def normalize_ids(ids, n: int, current: str | None):
     """``(id_kind, values)`` for an append of ``n`` rows to a store whose id kind is ``current``.
 
     values: an int64 array ("int"), a list of str ("str"), or None ("index": row indices).
+    ids must be 1-D and of one kind: all ints (not bools) or all strings (valid UTF-8,
+    so no lone surrogates); anything else is refused before a byte is written.
     """
     if ids is None:
         if current in (None, "index"):
@@ -20,21 +22,42 @@ def normalize_ids(ids, n: int, current: str | None):
         ids = ids.cpu().numpy()
     if isinstance(ids, (str, bytes)) or not hasattr(ids, "__len__"):
         raise TypeError(f"ids must be a sequence of {n} ints or strings, got {type(ids).__name__}")
+    if isinstance(ids, np.ndarray) and ids.ndim != 1:
+        raise ValueError(f"ids must be 1-D (one id per row), got shape {ids.shape}")
     if len(ids) != n:
         raise ValueError(f"ids has {len(ids)} entries for {n} rows")
-    arr = np.asarray(ids) if n else np.empty(0, np.int64)
-    if arr.dtype.kind in "iu":
-        if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-            raise ValueError("ids must fit in int64")
-        kind, values = "int", arr.astype(np.int64)
-    elif arr.dtype.kind == "U" or (arr.dtype.kind == "O" and all(isinstance(v, str) for v in ids)):
-        kind, values = "str", [str(v) for v in ids]
-    else:
-        raise TypeError(f"ids must be all ints or all strings, got numpy dtype {arr.dtype}")
+    kind, values = _classify(ids)
     if current not in (None, kind):
         raise ValueError(f"this store's ids are {current!r}; got {kind} ids"
                          + (" (it was filled with running row indices: pass no ids)" if current == "index" else ""))
     return kind, values
+
+
+def _classify(ids):
+    if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
+        if ids.dtype.kind == "u" and ids.size and ids.max() > np.iinfo(np.int64).max:
+            raise ValueError("ids must fit in int64")
+        return "int", ids.astype(np.int64)
+    items = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+    if not items:
+        return "int", np.empty(0, np.int64)
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in items):
+        try:
+            return "int", np.array([int(v) for v in items], dtype=np.int64)
+        except OverflowError:
+            raise ValueError("ids must fit in int64") from None
+    if all(isinstance(v, str) for v in items):
+        for i, v in enumerate(items):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"ids[{i}] = {v!r} is not valid Unicode (a lone surrogate): ids are stored "
+                                 "as UTF-8") from None
+        return "str", [str(v) for v in items]
+    kinds = sorted({type(v).__name__ for v in items})
+    if any(isinstance(v, (list, tuple, np.ndarray)) for v in items):
+        raise ValueError("ids must be 1-D (one int or string per row), got nested sequences")
+    raise TypeError(f"ids must be all ints or all strings, not a mix of {kinds}")
 
 
 def name_rows(bad: list[int], id_values, first_row: int) -> str:

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fasttda.ops.quantize import FORMATS
-from fasttda.store.errors import CorruptStoreError
+from fasttda.store import _fs, schema
+from fasttda.store.errors import CorruptStoreError, StoreNotFoundError
 
 FORMAT_NAME = "fasttda.feature_store"
 VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
 LOCK = "writer.lock"
-ID_KINDS = ("index", "int", "str")
+ID_KINDS = schema.ID_KINDS
 
 
 # -- durability helpers ----------------------------------------------------------------------
@@ -40,14 +41,8 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, obj: Mapping[str, Any]) -> None:
     """Replace ``path`` with ``obj`` as JSON so that a crash leaves the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    _fs.write_atomic(path.parent, path.name, text)
 
 
 def canonical(obj: Any) -> str:
@@ -67,7 +62,7 @@ def json_value(value: Any, name: str) -> Any:
         value = dataclasses.asdict(value)
     try:
         return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise TypeError(f"{name} must be JSON-serializable (dicts, lists, str, finite numbers): {exc}") from None
 
 
@@ -106,6 +101,12 @@ def new_manifest(dim: int, fmt: str, *, meta=None, spec=None, fingerprint=None, 
     if fingerprint is not None and not (isinstance(fingerprint, dict) and "sha256" in fingerprint):
         raise TypeError("fingerprint must be a mapping with at least 'name' and 'sha256' "
                         "(see fasttda.store.model_fingerprint)")
+    meta = json_value(meta, "meta") or {}
+    for what, value in (("meta", meta), ("spec", spec), ("fingerprint", fingerprint)):
+        if schema.depth(value) > schema.MAX_DEPTH:
+            raise ValueError(f"{what} is nested more than {schema.MAX_DEPTH} levels deep")
+    if not isinstance(meta, dict):
+        raise TypeError(f"meta must be a mapping, got {type(meta).__name__}")
     now = _now()
     return {
         "format": FORMAT_NAME,
@@ -118,7 +119,7 @@ def new_manifest(dim: int, fmt: str, *, meta=None, spec=None, fingerprint=None, 
         "id_kind": None,
         "spec": spec,
         "fingerprint": fingerprint,
-        "meta": json_value(meta, "meta") or {},
+        "meta": meta,
         "shards": [],
         "commits": 0,
         "created": now,
@@ -136,44 +137,44 @@ def stamp(manifest: dict) -> dict:
 
 # -- what comes out ---------------------------------------------------------------------------
 def load_manifest(root: Path) -> dict:
-    """Read and check ``root/manifest.json``; a clear error when it is absent or malformed."""
+    """Read ``root/manifest.json`` and check it against the schema before any field is used.
+
+    The file is opened without following links and bounded in size; JSON that is invalid,
+    nested too deep, holds NaN/Infinity, or does not fit the schema raises `CorruptStoreError`.
+    """
     path = root / MANIFEST
     if not root.is_dir():
-        raise FileNotFoundError(f"no feature store at {root}: not a directory")
-    if not path.is_file():
-        raise FileNotFoundError(f"{root} is not a fasttda feature store: {MANIFEST} is missing "
-                                "(a store is usable only once FeatureStore.create has committed it)")
+        raise StoreNotFoundError(f"no feature store at {root}: not a directory")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        with _fs.open_dir(root) as dfd:
+            fd = _fs.open_file(dfd, root, MANIFEST)
+            try:
+                raw = _fs.read_all(fd, schema.MAX_MANIFEST_BYTES, path)
+            finally:
+                os.close(fd)
+    except CorruptStoreError as exc:
+        if str(exc).endswith(": missing"):
+            raise StoreNotFoundError(f"{root} is not a fasttda feature store: {MANIFEST} is missing (a store is "
+                                     "usable only once FeatureStore.create has committed it)") from None
+        raise
+    try:
+        manifest = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise CorruptStoreError(f"{path} is not valid JSON: {exc}", [str(path)]) from None
-    _check_manifest(manifest, path)
+    except RecursionError:
+        raise CorruptStoreError(f"{path} is not a manifest: JSON nested too deeply", [str(path)]) from None
+    try:
+        schema.validate(manifest, FORMAT_NAME, VERSION)
+    except schema.SchemaError as exc:
+        raise CorruptStoreError(f"{path}: {exc}", [str(path)]) from None
+    if sys.byteorder != "little":
+        raise CorruptStoreError(f"{path}: stores are little-endian; this machine is {sys.byteorder}-endian",
+                                [str(path)])
     return manifest
 
 
-def _check_manifest(m: Any, path: Path) -> None:
-    if not isinstance(m, dict) or m.get("format") != FORMAT_NAME:
-        raise CorruptStoreError(f"{path} is not a fasttda feature-store manifest", [str(path)])
-    if m.get("version") != VERSION:
-        raise CorruptStoreError(f"{path} has format version {m.get('version')!r}; this fasttda reads version "
-                                f"{VERSION}", [str(path)])
-    if m.get("byteorder") != "little" or sys.byteorder != "little":
-        raise CorruptStoreError(f"{path}: stores are little-endian; this machine is {sys.byteorder}-endian",
-                                [str(path)])
-    required = {"dim": int, "fmt": str, "rows": int, "shard_rows": int, "shards": list}
-    for key, typ in required.items():
-        if not isinstance(m.get(key), typ):
-            raise CorruptStoreError(f"{path}: field {key!r} is missing or not {typ.__name__}", [str(path)])
-    if m["fmt"] not in FORMATS or m.get("id_kind") not in ID_KINDS + (None,):
-        raise CorruptStoreError(f"{path}: unknown fmt {m['fmt']!r} or id_kind {m.get('id_kind')!r}", [str(path)])
-    total = 0
-    for shard in m["shards"]:
-        if not (isinstance(shard, dict) and isinstance(shard.get("rows"), int)
-                and isinstance(shard.get("files"), dict)):
-            raise CorruptStoreError(f"{path}: malformed shard entry {shard!r}", [str(path)])
-        total += shard["rows"]
-    if total != m["rows"]:
-        raise CorruptStoreError(f"{path}: shards hold {total} rows but the manifest says {m['rows']}", [str(path)])
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def default_shard_rows(row_bytes: int, target_bytes: int = 1 << 30) -> int:

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from fasttda.ops.quantize import FP8, SCALED_QMAX, stored_width
+from fasttda.store import _fs
 from fasttda.store.errors import CorruptStoreError
 
 # numpy has no bf16/fp8: their bits go to disk as int16/uint8 and are viewed back in torch.
@@ -38,7 +39,6 @@ TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.floa
                "fp8_e4m3": FP8 or torch.uint8, "int4": torch.uint8}
 ROLE_DTYPE = {"scale": "<f4", "norms": "<f4", "ids_end": "<i8"}
 SHARD_NAME = re.compile(r"^shard-(\d{6,})\.(data|scale|norms|ids|ids_end)$")
-CHUNK = 1 << 24  # bytes per read when re-hashing a file
 
 
 def shard_name(index: int) -> str:
@@ -82,22 +82,21 @@ def to_disk_array(t: torch.Tensor, fmt: str | None = None) -> np.ndarray:
     return t.numpy()
 
 
-def hash_file(path: Path, nbytes: int) -> "hashlib._Hash":
-    """SHA-256 state over the first ``nbytes`` of ``path``."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = nbytes
-        while left > 0:
-            block = f.read(min(CHUNK, left))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
-    return h
+def parse_shard_file(name: str) -> tuple[int, str] | None:
+    """``(index, role)`` of a file name the store itself generates, else None (strict)."""
+    m = SHARD_NAME.match(name)
+    if m is None or shard_name(int(m.group(1))) != f"shard-{m.group(1)}":
+        return None
+    return int(m.group(1)), m.group(2)
 
 
 class ShardWriter:
-    """Appends rows to one shard's files, tracking committed and pending sizes and hashes."""
+    """Appends rows to one shard's files, tracking committed and pending sizes and hashes.
+
+    Files are raw descriptors written with ``pwrite`` at the sizes tracked here, so after a
+    failed write (a full disk) nothing stale stays buffered, and a rollback holds even when
+    the truncation that tidies the file fails too: the next write lands at the right offset.
+    """
 
     def __init__(self, directory: Path, index: int, roles_: tuple[str, ...], entry: dict | None = None):
         self.directory = directory
@@ -108,35 +107,42 @@ class ShardWriter:
         self.hashes = {r: hashlib.sha256() for r in roles_}
         self.created = entry is None
         self.dirty = False
-        self.files = {}
-        if entry is None:
-            for r in roles_:
-                self.files[r] = open(self.path(r), "wb")
-        else:
-            self._resume(entry)
+        self.fds: dict[str, int] = {}
+        try:
+            with _fs.shard_dir(directory) as dfd:
+                if entry is None:
+                    self._create(dfd)
+                else:
+                    self._resume(dfd, entry)
+        except BaseException:
+            self.close()
+            raise
 
     def path(self, role: str) -> Path:
         return self.directory / f"{self.name}.{role}"
 
-    def _resume(self, entry: dict) -> None:
+    def _create(self, dfd: int) -> None:
+        for r in self.roles:
+            name = f"{self.name}.{r}"
+            _fs.unlink_quietly(dfd, name)  # an uncommitted leftover: its index is past the committed shards
+            self.fds[r] = _fs.open_file(dfd, self.directory, name, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+
+    def _resume(self, dfd: int, entry: dict) -> None:
         """Reopen a committed shard: cut any uncommitted tail, re-hash the committed bytes."""
         self.rows = entry["rows"]
         for r in self.roles:
-            meta = entry["files"][r]
-            path = self.path(r)
-            if not path.is_file() or path.stat().st_size < meta["bytes"]:
-                have = path.stat().st_size if path.is_file() else "missing"
-                raise CorruptStoreError(f"shard file {path} is truncated: manifest commits {meta['bytes']} bytes, "
+            nbytes, path = entry["files"][r]["bytes"], self.path(r)
+            fd = self.fds[r] = _fs.open_file(dfd, self.directory, path.name, os.O_RDWR)
+            have = os.fstat(fd).st_size
+            if have < nbytes:
+                raise CorruptStoreError(f"shard file {path} is truncated: manifest commits {nbytes} bytes, "
                                         f"file has {have}", [str(path)])
-            h = hash_file(path, meta["bytes"])
-            if h.hexdigest() != meta["sha256"]:
+            h = _fs.hash_fd(fd, nbytes)
+            if h.hexdigest() != entry["files"][r]["sha256"]:
                 raise CorruptStoreError(f"shard file {path} fails its SHA-256 checksum (bit flip or overwrite)",
                                         [str(path)])
-            f = open(path, "r+b")
-            f.truncate(meta["bytes"])
-            f.seek(meta["bytes"])
-            self.files[r] = f
-            self.sizes[r] = meta["bytes"]
+            os.ftruncate(fd, nbytes)
+            self.sizes[r] = nbytes
             self.hashes[r] = h
 
     def write(self, arrays: dict, rows: int) -> None:
@@ -146,29 +152,34 @@ class ShardWriter:
             lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
             arrays = dict(arrays, ids=np.frombuffer(b"".join(encoded), dtype=np.uint8),
                           ids_end=self.sizes["ids"] + np.cumsum(lengths))
+        self.dirty = True
         for r in self.roles:
             view = memoryview(np.ascontiguousarray(arrays[r])).cast("B")
-            self.files[r].write(view)
+            _fs.write_all(self.fds[r], view, self.sizes[r])
             self.hashes[r].update(view)
             self.sizes[r] += view.nbytes
         self.rows += rows
-        self.dirty = True
 
     def checkpoint(self) -> tuple:
         return self.rows, dict(self.sizes), {r: h.copy() for r, h in self.hashes.items()}
 
     def rollback(self, state: tuple) -> None:
-        """Undo writes back to ``state`` (a failed append must not leave half a batch)."""
+        """Undo writes back to ``state`` (a failed append must not leave half a batch).
+
+        The sizes are what count (later writes go there); cutting the files is tidying, and
+        a failure to cut is ignored: bytes past the committed sizes are never read, and the
+        next resume cuts them.
+        """
         self.rows, self.sizes, self.hashes = state[0], dict(state[1]), {r: h.copy() for r, h in state[2].items()}
-        for r, f in self.files.items():
-            f.flush()
-            f.truncate(self.sizes[r])
-            f.seek(self.sizes[r])
+        for r, fd in self.fds.items():
+            try:
+                os.ftruncate(fd, self.sizes[r])
+            except OSError:
+                pass
 
     def sync(self) -> None:
-        for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
+        for fd in self.fds.values():
+            os.fsync(fd)
         self.dirty = False
 
     def entry(self) -> dict:
@@ -177,21 +188,33 @@ class ShardWriter:
         return {"name": self.name, "rows": self.rows, "files": files}
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files = {}
+        fds, self.fds = self.fds, {}
+        for fd in fds.values():
+            os.close(fd)
+
+    def delete(self) -> None:
+        """Close and remove this never-committed shard's files."""
+        self.close()
+        with _fs.shard_dir(self.directory) as dfd:
+            for r in self.roles:
+                _fs.unlink_quietly(dfd, f"{self.name}.{r}")
 
 
-def remove_uncommitted(directory: Path, committed: set[str]) -> bool:
-    """Delete shard files no committed shard owns (a crashed writer's new shards)."""
-    removed = False
-    if not directory.is_dir():
+def remove_uncommitted(directory: Path, n_committed: int) -> bool:
+    """Delete the files of shards past the ``n_committed`` committed ones (a crashed writer's).
+
+    Only names the store itself generates are touched, only files (a link is removed, never
+    followed), and never a file of a committed shard.
+    """
+    if not _fs.is_real_dir(directory):
         return False
-    for p in directory.iterdir():
-        m = SHARD_NAME.match(p.name)
-        if m and f"shard-{m.group(1)}" not in committed:
-            p.unlink()
-            removed = True
+    removed = False
+    with _fs.shard_dir(directory) as dfd:
+        for name in os.listdir(dfd):
+            parsed = parse_shard_file(name)
+            if parsed is not None and parsed[0] >= n_committed:
+                _fs.unlink_quietly(dfd, name)
+                removed = True
     return removed
 
 
@@ -207,19 +230,28 @@ class ShardReader:
 
     def array(self, role: str) -> np.ndarray:
         if role not in self._maps:
-            meta = self.entry["files"][role]
+            nbytes = self.entry["files"][role]["bytes"]
             dtype = role_dtype(role, self.fmt, self.id_kind)
-            count = meta["bytes"] // dtype.itemsize
-            path = self.directory / meta["file"]
+            count = nbytes // dtype.itemsize
             if count == 0:
                 arr = np.empty(0, dtype=dtype)
             else:
-                arr = np.memmap(path, dtype=dtype, mode="c", shape=(count,))
+                arr = self._map(role, dtype, count)
             if role == "data":
                 arr = arr.reshape(self.rows, stored_width(self.fmt, self.dim))
             self._maps[role] = arr
         return self._maps[role]
 
+    def _map(self, role: str, dtype: np.dtype, count: int) -> np.ndarray:
+        path = self.directory / f"{self.entry['name']}.{role}"
+        with _fs.shard_dir(self.directory) as dfd:
+            fd = _fs.open_file(dfd, self.directory, path.name)
+        with os.fdopen(fd, "rb") as f:
+            have = os.fstat(fd).st_size
+            if have < count * dtype.itemsize:
+                raise CorruptStoreError(f"{path}: truncated, {have} bytes on disk but {count * dtype.itemsize} "
+                                        "committed", [str(path)])
+            return np.memmap(f, dtype=dtype, mode="c", shape=(count,))
     def tensor(self, role: str, lo: int, hi: int) -> torch.Tensor:
         t = torch.from_numpy(self.array(role)[lo:hi])
         return t.view(TORCH_DTYPE[self.fmt]) if role == "data" else t
@@ -230,4 +262,13 @@ class ShardReader:
         ends = self.array("ids_end")
         blob = self.array("ids")
         starts = np.concatenate(([0 if lo == 0 else ends[lo - 1]], ends[lo:hi - 1])) if hi > lo else []
-        return [bytes(blob[s:e]).decode("utf-8") for s, e in zip(starts, ends[lo:hi])]
+        try:
+            out = []
+            for s, e in zip(starts, ends[lo:hi]):
+                if not 0 <= s <= e <= blob.size:
+                    raise ValueError(f"offsets [{s}, {e}) outside the {blob.size} bytes of ids")
+                out.append(bytes(blob[s:e]).decode("utf-8"))
+            return out
+        except (ValueError, UnicodeDecodeError) as exc:
+            path = self.directory / f"{self.entry['name']}.ids"
+            raise CorruptStoreError(f"{path}: string ids are corrupt ({exc})", [str(path)]) from None

@@ -6,41 +6,52 @@ no non-finite scale, norm or float value was stored.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from fasttda.store.errors import CorruptStoreError, IncompatibleStoresError
-from fasttda.store.shards import expected_bytes, hash_file, roles
+from fasttda.store import _fs
 
 VALUE_CHUNK_ROWS = 1 << 16
 
 
 def check_files(directory: Path, manifest: dict, *, checksums: bool) -> list[str]:
-    """Problems with the shard files of ``manifest`` (empty when they are sound)."""
-    fmt, dim, id_kind = manifest["fmt"], manifest["dim"], manifest.get("id_kind")
+    """Problems with the shard files of a schema-checked ``manifest`` (empty when they are sound).
+
+    ``shards/`` and each file must be real (a link is refused, never followed) and hold at
+    least its committed bytes; with ``checksums`` those bytes must match their SHA-256.
+    """
+    if not manifest["shards"]:
+        return []
     problems = []
-    for shard in manifest["shards"]:
-        want_roles = set(roles(fmt, id_kind))
-        if set(shard["files"]) != want_roles:
-            problems.append(f"{shard.get('name')}: manifest lists files {sorted(shard['files'])}, "
-                            f"expected {sorted(want_roles)}")
-            continue
-        for role, meta in shard["files"].items():
-            path = directory / meta["file"]
-            want = expected_bytes(role, shard["rows"], fmt, dim, id_kind)
-            if want is not None and meta["bytes"] != want:
-                problems.append(f"{path}: manifest records {meta['bytes']} bytes, {shard['rows']} rows need {want}")
-                continue
-            if not path.is_file():
-                problems.append(f"{path}: missing")
-                continue
-            size = path.stat().st_size
-            if size < meta["bytes"]:
-                problems.append(f"{path}: truncated, {size} bytes on disk but {meta['bytes']} committed")
-            elif checksums and hash_file(path, meta["bytes"]).hexdigest() != meta["sha256"]:
-                problems.append(f"{path}: SHA-256 mismatch (bit flip or overwrite)")
+    try:
+        with _fs.shard_dir(directory) as dfd:
+            for shard in manifest["shards"]:
+                for role, meta in shard["files"].items():
+                    problems += _check_file(dfd, directory, f"{shard['name']}.{role}", meta, checksums)
+    except FileNotFoundError:
+        return [f"{directory}: missing"]
+    except CorruptStoreError as exc:
+        return [str(exc)]
     return problems
+
+
+def _check_file(dfd: int, directory: Path, name: str, meta: dict, checksums: bool) -> list[str]:
+    try:
+        fd = _fs.open_file(dfd, directory, name)
+    except CorruptStoreError as exc:
+        return [str(exc)]
+    try:
+        size = os.fstat(fd).st_size
+        if size < meta["bytes"]:
+            return [f"{directory / name}: truncated, {size} bytes on disk but {meta['bytes']} committed"]
+        if checksums and _fs.hash_fd(fd, meta["bytes"]).hexdigest() != meta["sha256"]:
+            return [f"{directory / name}: SHA-256 mismatch (bit flip or overwrite)"]
+        return []
+    finally:
+        os.close(fd)
 
 
 def check_values(store) -> list[str]:
@@ -63,6 +74,12 @@ def check_values(store) -> list[str]:
             ends = reader.array("ids_end")
             if (np.diff(ends, prepend=0) < 0).any() or ends[-1] != reader.array("ids").size:
                 problems.append(f"{name}.ids_end: offsets are not increasing or do not end at the ids' size")
+            else:
+                try:
+                    for lo in range(0, reader.rows, VALUE_CHUNK_ROWS):
+                        reader.ids(lo, min(reader.rows, lo + VALUE_CHUNK_ROWS))
+                except CorruptStoreError as exc:
+                    problems.append(str(exc))
     return problems
 
 
