@@ -74,8 +74,10 @@ def test_strides_and_dtypes(dtype, kind, s, gen):
         assert_close_to_oracle(got, x.float(), 45, kind, 3, 0, s)
 
 
-@pytest.mark.parametrize("kind,s", KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("kind,s", [("sjlt", 1), ("sjlt", 3)], ids=["sjlt1", "sjlt3"])
 def test_result_does_not_depend_on_thread_count(kind, s, gen):
+    # SJLT sums in our own fixed order. (Dense kinds call MKL's sgemm per block, whose last
+    # bits may depend on buffer alignment, so only their exact-sum equality is asserted.)
     x = torch.randn(6, 30000, generator=gen)
     threads = torch.get_num_threads()
     try:
