@@ -1,8 +1,9 @@
-"""Build script: maps the three source rooms into one `fasttda` package.
+"""Build script: packs the three source rooms into one `fasttda` package for wheels and sdists.
 
 `python/fasttda` is the package, `kernels/` ships as `fasttda.kernels` (Triton), and
 `csrc/` ships as `fasttda.csrc` (CUDA/C++ sources, compiled just in time on first use,
-so a CPU-only install never needs nvcc; see `fasttda/_extension.py`).
+so a CPU-only install never needs nvcc; see `fasttda/_extension.py`). From a source tree
+(editable install, PYTHONPATH=python) `fasttda/__init__.py` resolves the same names.
 """
 from setuptools import find_packages, setup
 

@@ -18,5 +18,8 @@ assert 'site-packages' in fasttda.__file__, fasttda.__file__
 from fasttda import _extension
 assert (_extension.CSRC / 'project.cu').is_file(), 'CUDA sources missing from the package'
 assert (_extension.CSRC / 'cpu' / 'score.cpp').is_file(), 'C++ CPU sources missing from the package'
+import fasttda.kernels, os
+assert os.path.dirname(fasttda.kernels.__file__) == os.path.join(os.path.dirname(fasttda.__file__), 'kernels'), fasttda.kernels.__file__
+assert os.path.isfile(os.path.join(os.path.dirname(fasttda.kernels.__file__), 'project.py')), 'Triton kernels missing'
 print(fasttda.ops.project(torch.randn(2, 100), 8).shape)")
 done

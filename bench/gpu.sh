@@ -19,8 +19,8 @@
 # --dry-run: the same code path on a machine without a GPU (CI runs it): --device cpu,
 # bench --quick, a few tests, limits that end it within DRY_TOTAL_S (110 s); it checks the
 # merged JSON against the schema and the file count. Exit status: 0 when every test passed
-# and every suite ran (a suite cut by its timeout counts as a failure, except in --dry-run
-# where it is reported only, since CI machines' speed varies).
+# and every suite ran (a stage cut by its timeout counts as a failure, except in --dry-run
+# where it is reported only, since CI machines' speed varies; a crash or failed test counts).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -40,7 +40,8 @@ if [ "$DRY" = 1 ]; then
   TOTAL_S="${DRY_TOTAL_S:-110}"; TEST_LIMIT_S="${TEST_LIMIT_S:-30}"; PER_TEST_S="${PER_TEST_S:-25}"
   BUILD_LIMIT_S="${BUILD_LIMIT_S:-30}"; SUITE_LIMIT_S="${SUITE_LIMIT_S:-30}"; EXT_TEST_S=20; RESERVE_S=50
   DEVICE=cpu; QUICK="--quick"; EXT_KIND=cuda
-  TESTS="${GPU_TESTS:-tests/test_dispatch.py}"; EXT_TESTS="${EXT_TESTS:-tests/ops/test_project_cuda.py}"
+  TESTS="${GPU_TESTS:-tests/test_dispatch.py::test_cuda_asked_for_a_kind_it_lacks_raises_never_switches tests/test_host_syncs.py::test_background_stage_runs_ahead_in_order_on_another_thread}"
+  EXT_TESTS="${EXT_TESTS:-tests/ops/test_project_cuda.py}"
   export BENCH_QUICK_FLAG=1
   export FASTTDA_NO_BUILD=1  # the bench suites' C++ CPU kernels: no JIT build in a smoke run (as CI's bench test)
 else
@@ -62,6 +63,9 @@ note() { printf '%-28s %-9s %s\n' "$1" "$2" "${3:-}" | tee -a "$SUMMARY"; }
 # limit_for WANTED RESERVE: seconds a stage may take: WANTED, cut so RESERVE seconds remain.
 limit_for() { local l=$(( $(left) - $2 )); [ "$l" -gt "$1" ] && l=$1; echo "$l"; }
 status_of() { case "$1" in 0) echo ok;; 124|137) echo timeout;; *) echo "failed($1)";; esac; }
+# check RC: a stage's exit status counts as a failure; in --dry-run a timeout only shows in
+# the summary (CI machines' speed varies; the dry-run proves the mechanics, not the speed).
+check() { case "$1" in 0) ;; 124|137) [ "$DRY" = 1 ] || failed=1;; *) failed=1;; esac; }
 
 export PYTHONPATH="$REPO/python:$SITE${PYTHONPATH:+:$PYTHONPATH}" MACHINE_JSON="$WORK/machine.json"
 
@@ -117,7 +121,7 @@ echo "== tests: ${pytest_args[*]} $TESTS (limit ${limit}s)" >>"$OUT_DIR/tests.lo
 # shellcheck disable=SC2086
 timeout -k 5 "$limit" "$PY" -m pytest "${pytest_args[@]}" "${ignore[@]}" $TESTS >>"$OUT_DIR/tests.log" 2>&1
 rc=$?; note tests "$(status_of $rc)" "$(( $(date +%s) - t0 ))s: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|skipped)' "$OUT_DIR/tests.log" | tail -1)"
-[ "$rc" = 0 ] || failed=1
+check "$rc"
 
 # -- the extension's own tests, once its build is done -------------------------------------
 wait "$build_pid"; brc=$?
@@ -130,9 +134,9 @@ if [ "$limit" -ge 10 ]; then
   # shellcheck disable=SC2086
   timeout -k 5 "$limit" "$PY" -m pytest -q -p no:cacheprovider -rfEs $EXT_TESTS >>"$OUT_DIR/tests.log" 2>&1
   rc=$?; note "extension tests" "$(status_of $rc)" "$(( $(date +%s) - t0 ))s"
-  [ "$rc" = 0 ] || failed=1
+  check "$rc"
 else
-  note "extension tests" skipped "no time left"; failed=1
+  note "extension tests" skipped "no time left"; check 124
 fi
 if [ -n "$sdist_pid" ]; then wait "$sdist_pid"; cat "$WORK/sdist.log" >>"$OUT_DIR/build.log"; fi
 
@@ -160,7 +164,7 @@ for suite in $SUITES; do
   "$PY" bench/gpu_merge.py "$RESULT" "$WORK/$suite" "$suite" "$(status_of $rc)" "$share" "$DEVICE" >>"$OUT_DIR/bench.log" 2>&1
   mrc=$?
   note "bench $suite" "$(status_of $rc)" "$(( $(date +%s) - t0 ))s"
-  if [ "$mrc" != 0 ]; then failed=1; elif [ "$rc" != 0 ] && { [ "$DRY" = 0 ] || [ "$rc" != 124 ]; }; then failed=1; fi
+  if [ "$mrc" != 0 ]; then failed=1; else check "$rc"; fi
   mv "$WORK/$suite"/*.png "$WORK/plots/" 2>/dev/null
   (cd "$WORK/plots" && compgen -G "*.png" >/dev/null && tar cf "$OUT_DIR/plots.tar" ./*.png)
 done

@@ -19,6 +19,11 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+try:
+    from fasttda.bench import fmt_time
+except ImportError:  # a source checkout without an install: the package is under python/
+    sys.path.insert(0, str(HERE.parent / "python"))
+    from fasttda.bench import fmt_time
 
 
 def load_runs(paths: list[Path], include_quick: bool) -> list[dict]:
@@ -49,14 +54,6 @@ def load_runs(paths: list[Path], include_quick: bool) -> list[dict]:
         entry["results"] += [r for r in run["results"] if r["suite"] == suite]
         entry["suites"][suite] = run["suites"][suite]
     return sorted(picked.values(), key=lambda r: (r["config"]["device"], r["created_utc"]))
-
-
-def fmt_time(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.0f} µs"
 
 
 def fmt_mem(case: dict) -> str:

@@ -8,6 +8,7 @@ GPU, triton, a compiler or a compiled extension:
 * ``fasttda.GradientCapture``: per-example projected gradients from a model.
 * ``fasttda.FeatureStore``: the on-disk, quantized, crash-safe feature store.
 * ``fasttda.score`` and ``fasttda.precondition``: streaming top-k over stores.
+* ``fasttda.pipeline``: index a data set at a checkpoint, featurize queries, check stores, score.
 * ``fasttda.dda``: Debias-and-Denoise attribution over checkpoints.
 """
 from __future__ import annotations
@@ -17,9 +18,11 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# Run from a source checkout (PYTHONPATH=python, or a git worktree), `kernels/` and `csrc/`
-# sit beside `python/`; let `fasttda.kernels` and `fasttda.csrc` resolve to them there.
-# Installed wheels carry them inside the package and skip this.
+# The one mechanism that makes the top-level `kernels/` and `csrc/` the packages
+# `fasttda.kernels` and `fasttda.csrc`: in a source tree (an editable install, or
+# PYTHONPATH=python) they sit beside `python/`, and the tree's root joins this package's
+# path. Wheels and sdists carry them inside the package (setup.py maps them there), where
+# this finds no source tree and adds nothing.
 _source_root = Path(__file__).resolve().parents[2]
 if (_source_root / "kernels" / "__init__.py").is_file() and (_source_root / "python" / "fasttda").is_dir():
     __path__.append(str(_source_root))  # noqa: F821 (module __path__)
@@ -29,6 +32,7 @@ _LAZY = {
     "ops": "fasttda.ops",
     "precondition": "fasttda.precondition",
     "dda": "fasttda.methods.dda",
+    "pipeline": "fasttda.pipeline",
     "GradientCapture": "fasttda.capture:GradientCapture",
     "FeatureStore": "fasttda.store:FeatureStore",
     "score": "fasttda.scoring:score",

@@ -17,6 +17,7 @@ Cache: ``$FASTTDA_CACHE_DIR`` or ``~/.cache/fasttda/extensions``.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -31,9 +32,9 @@ from fasttda._flock import FileLock
 
 logger = logging.getLogger("fasttda")
 
-CSRC = Path(__file__).resolve().parent / "csrc"
-if not CSRC.is_dir():  # editable install from the source tree: csrc/ sits beside python/
-    CSRC = Path(__file__).resolve().parents[2] / "csrc"
+# `fasttda.csrc` is the top-level csrc/ in a source tree and ships inside the package in
+# wheels; fasttda/__init__.py makes the one resolve like the other.
+CSRC = Path(importlib.util.find_spec("fasttda.csrc").submodule_search_locations[0]).resolve()
 
 # The C++ standard is left to torch.utils.cpp_extension, which knows what its headers need.
 CUDA_FLAGS = ["-O3", "-lineinfo"]

@@ -104,11 +104,9 @@ def _chunk_args(group, multi: bool, **kw) -> dict:
 def _check_same_rows(stores) -> None:
     if len(stores) < 2:
         return
-    try:
-        from fasttda.store import check_compatible
-    except ImportError:  # the store package is optional for duck-typed stores
-        check_compatible = None
-    if check_compatible is not None and all(hasattr(s, "ids_digest") for s in stores):
+    from fasttda.store import check_compatible
+
+    if all(hasattr(s, "ids_digest") for s in stores):
         check_compatible(stores, same_fingerprint=False, same_rows=True)
     lengths = [len(s) for s in stores]
     if len(set(lengths)) != 1:

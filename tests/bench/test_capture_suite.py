@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fasttda.bench import harness
-from fasttda.bench.capture_anchors import workload as wl
+from fasttda.bench.anchors.capture import workload as wl
 from fasttda.bench.suites import capture
 
 TIMING_KEYS = ("median_s", "p25_s", "p75_s", "min_s", "repeats")

@@ -177,7 +177,7 @@ def test_lora_checkpoint_captures_only_adapters(files, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from fasttda.methods._checkpoints import load_checkpoint
+    from fasttda.pipeline import load_checkpoint
 
     base = AutoModelForCausalLM.from_pretrained(str(files["models"][0]))
     lora = get_peft_model(base, LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))

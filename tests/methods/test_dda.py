@@ -1,5 +1,5 @@
-"""fasttda.dda: the weights of each mode, and that one weighted pass over the stores equals
-the explicit sum of per-checkpoint scores."""
+"""fasttda.dda: the weights of each mode, and that one weighted pass over the stores
+(fasttda.pipeline) equals the explicit sum of per-checkpoint scores."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from fasttda.data import Example
+from fasttda import pipeline
 from fasttda.methods import dda
-from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
+from fasttda.pipeline import load_checkpoint
 from tiny_models import make_checkpoints, make_rows, one_thread, write_jsonl  # noqa: F401
 
 
@@ -51,12 +52,12 @@ def indexed(tmp_path_factory):
     paths = make_checkpoints(root / "models", n_epochs=3, seed=3)
     train = [Example(r["id"], r["prompt"], r["response"]) for r in make_rows(11, 23)]
     queries = [Example(r["id"], r["prompt"], r["response"]) for r in make_rows(12, 5)]
-    config = dda.CaptureConfig(ProjectionSpec.parse("factored:4x4", seed=5), None, 64, batch_size=7)
+    config = pipeline.CaptureConfig("factored:4x4", None, 64, batch_size=7, seed=5)
     stores, feats = [], []
     for c, path in enumerate(paths):
         ckpt = load_checkpoint(path)
-        stores.append(dda.index(ckpt, train, root / "stores" / f"c{c}", config, fmt="fp32"))
-        feats.append(dda.query_features(ckpt, queries, config))
+        stores.append(pipeline.index(ckpt, train, root / "stores" / f"c{c}", config, fmt="fp32"))
+        feats.append(pipeline.query_features(ckpt, queries, config))
     return paths, train, queries, stores, feats, root
 
 
@@ -71,7 +72,7 @@ def _dense(values, indices, n):
 def test_weighted_pass_equals_explicit_sum(indexed, mode, beta, normalize, lr):
     _, train, _, stores, feats, _ = indexed
     plan = dda.combination(mode, 3, beta=beta, lr=lr)
-    values, indices = dda.score_checkpoints([feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
+    values, indices = pipeline.score_stores([feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
                                             [w for _, w in plan], k=len(train), normalize=normalize)
     got = _dense(values, indices, len(train))
     expected = torch.zeros_like(got)
@@ -98,7 +99,7 @@ def test_attribute_end_to_end_matches_scores(indexed):
     result = dda.attribute(paths[0], paths[1:], data, qs, out, mode="dda", beta=0.5, normalize=True, k=6,
                            projection="factored:4x4", seed=5, fmt="fp32", max_length=64, batch_size=7)
     plan = dda.combination("dda", 3, beta=0.5)
-    v, i = dda.score_checkpoints([feats[c] for c, _ in plan], [stores[c] for c, _ in plan], [w for _, w in plan],
+    v, i = pipeline.score_stores([feats[c] for c, _ in plan], [stores[c] for c, _ in plan], [w for _, w in plan],
                                  k=6, normalize=True)
     torch.testing.assert_close(result.values, v, atol=1e-5, rtol=1e-5)
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -108,7 +109,7 @@ def test_attribute_end_to_end_matches_scores(indexed):
     again = dda.attribute(paths[0], paths[1:], data, qs, out, mode="dda", beta=0.5, k=6, projection="factored:4x4",
                           seed=5, fmt="fp32", max_length=64, batch_size=7)
     torch.testing.assert_close(again.values, result.values)
-    with pytest.raises(dda.StoreMismatch, match="projection"):
+    with pytest.raises(pipeline.StoreMismatch, match="projection"):
         dda.attribute(paths[0], paths[1:], data, qs, out, projection="factored:2x2", seed=5, max_length=64)
 
 
@@ -116,8 +117,8 @@ def test_exact_features_equal_per_example_gradients(indexed):
     """projection none: the features are the per-example gradients of the mean response loss."""
     paths, train, *_ = indexed
     ckpt = load_checkpoint(paths[2])
-    config = dda.CaptureConfig(ProjectionSpec.parse("none"), ["*mlp*"], 64, batch_size=4)
-    feats = dda.query_features(ckpt, train[:4], config)
+    config = pipeline.CaptureConfig("none", ["*mlp*"], 64, batch_size=4)
+    feats = pipeline.query_features(ckpt, train[:4], config)
     from fasttda.data import collate, encode
 
     linears = [m for n, m in ckpt.model.named_modules() if "mlp" in n and isinstance(m, torch.nn.Linear)]

@@ -119,7 +119,9 @@ def test_triton_bfloat16_inputs(gen):
     (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, seed=-1), ValueError, "seed"),
     (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, kind="sjlt"), ValueError, "kind"),
     (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, mask=torch.ones(2, 3)), ValueError, "mask must have shape"),
-    (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, mask=torch.ones(2, 4)), TypeError, "bool or integer"),
+    (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, mask=torch.full((2, 4), 0.5)), ValueError, "only 0 and 1"),
+    (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, mask=torch.full((2, 4), float("nan"))), ValueError,
+     "only 0 and 1"),
     (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, mask=torch.full((2, 4), 2)), ValueError, "only 0 and 1"),
     (lambda x, dy: project_factored(x, dy, k_in=2, k_out=2, backend="nope"), ValueError, "backend"),
 ])
@@ -127,3 +129,12 @@ def test_bad_input(gen, call, error, match):
     x, dy = rand(gen, 2, 4, 5), rand(gen, 2, 4, 3)
     with pytest.raises(error, match=match):
         call(x, dy)
+
+
+def test_float_and_integer_masks_equal_the_bool_mask(gen):
+    """A float 0/1 loss mask is accepted (users pass them all the time), as is an integer one."""
+    x, dy = rand(gen, 3, 6, 5), rand(gen, 3, 6, 4)
+    keep = torch.rand(3, 6, generator=gen) > 0.4
+    want = project_factored(x, dy, k_in=3, k_out=2, seed=1, mask=keep, backend="reference")
+    for mask in (keep.float(), keep.double(), keep.half(), keep.long()):
+        assert torch.equal(project_factored(x, dy, k_in=3, k_out=2, seed=1, mask=mask, backend="reference"), want)

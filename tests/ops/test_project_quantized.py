@@ -93,7 +93,7 @@ def quantize_out(y, data, scale):
 
 @needs_triton
 def test_triton_unfused_width(gen, monkeypatch):
-    import fasttda.kernels.project_quantize as pq
+    import fasttda.kernels.project_quantized as pq
 
     monkeypatch.setattr(pq, "FUSED_MAX_DIM", 16)
     x = torch.randn(4, 30, generator=gen)

@@ -9,10 +9,17 @@ import torch
 from fasttda import FeatureStore
 from fasttda.ops.quantize import FORMATS, dequantize, quantize
 from fasttda.store import (CorruptStoreError, IncompatibleStoresError, StoreError, StoreLockedError,
-                           check_compatible, model_fingerprint, projection_spec)
+                           check_compatible, model_fingerprint)
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8,
                 "fp8_e4m3": torch.float8_e4m3fn, "int4": torch.uint8}
+
+
+def projection_spec(kind, seed, in_dim, out_dim, **extra):
+    """A manifest spec as the pipeline writes one: the projection's fields plus seed and width."""
+    from fasttda.capture import Dense
+
+    return {**Dense(out_dim, kind=kind).to_dict(), "seed": seed, "in_dim": in_dim, "out_dim": out_dim, **extra}
 
 
 def rows(gen, n, dim):

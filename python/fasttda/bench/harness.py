@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
+from fasttda.bench import fmt_time
 from fasttda.bench.machine import device_slug, machine_info  # noqa: F401 (part of this module's API)
 
 SCHEMA_VERSION = 1
@@ -307,8 +308,8 @@ class BenchContext:
             "gbps": None, "tflops": None, "pct_copy_bw": None, "pct_matmul": None,
             "extra": _jsonable(extra or {}),
         }
-        self.log(f"  {suite}/{name} {impl}: {_fmt_s(result['median_s'])} "
-                 f"(p25 {_fmt_s(result['p25_s'])}, p75 {_fmt_s(result['p75_s'])}, n={result['repeats']})")
+        self.log(f"  {suite}/{name} {impl}: {fmt_time(result['median_s'])} "
+                 f"(p25 {fmt_time(result['p25_s'])}, p75 {fmt_time(result['p75_s'])}, n={result['repeats']})")
         return result
 
     def missing(self, *, suite: str, impl: str, reason: str, name: str | None = None,
@@ -413,14 +414,6 @@ def _jsonable(value):
     if isinstance(value, torch.dtype):
         return str(value).replace("torch.", "")
     return str(value)
-
-
-def _fmt_s(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.3f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} us"
 
 
 def run_suites(names: Iterable[str], ctx: BenchContext, modules: dict[str, Callable[[], Any]]) -> dict:

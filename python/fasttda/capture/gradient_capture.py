@@ -6,6 +6,16 @@
 While the context is open the model is in eval mode (dropout off, so features are
 deterministic) and no parameter requires grad: autograd computes only the output
 gradients the hooks need, never a weight-gradient matmul. Both are restored on exit.
+
+Capture is not compiled. A ``torch.compile``d model is captured through its original
+module (``model._orig_mod``), run eagerly, so its features are the eager ones: the hooks
+keep per-call Python state (what each module's output gradient will need, keyed by call,
+and a tensor hook registered on every captured output) and test grad and inference mode,
+and Dynamo breaks the graph at each of these (torch 2.13: ``is_inference_mode_enabled``,
+the seeds' ``int.to_bytes``), so a compiled forward would run as many small graphs with
+the hooks in Python between them; its module names would also gain an ``_orig_mod.``
+prefix, which changes every module's seed. What the hooks call are the custom ops
+``torch.ops.fasttda.*``, which compile as single nodes (see `fasttda.ops._library`).
 """
 from __future__ import annotations
 
@@ -16,6 +26,7 @@ import torch
 from torch import nn
 
 from fasttda.capture.hooks import CaptureHooks
+from fasttda.ops._checks import as_token_mask
 from fasttda.capture.loss import default_labels, per_example_loss, position_ids_from_mask
 
 
@@ -33,8 +44,9 @@ class GradientCapture:
             pattern, or a list of them.
         projection: None (raw per-example gradients, each module's block is its weight
             gradient flattened in the weight's own layout, ``[out, in]`` for Linear and
-            ``[in, out]`` for Conv1D, then the bias when included), ``"factored"`` (16×16),
-            ``("factored", k_in[, k_out])`` or `Factored`, ``("dense", k)`` or `Dense`.
+            ``[in, out]`` for Conv1D, then the bias when included) or `Raw`, ``"factored"``
+            (16×16), ``("factored", k_in[, k_out])`` or `Factored`, ``("dense", k)`` or
+            `Dense`, or any text `Projection.parse` reads (``"sjlt:8192,s=4"``).
         seed: global seed. Factored blocks use ``module_seed(seed, name)`` (blake2b of the
             name keyed by the seed), which `ops.project_factored` splits into P_in/P_out
             seeds; dense uses ``seed`` for one matrix over all selected parameters, each
@@ -55,6 +67,7 @@ class GradientCapture:
                  backend: str | None = "auto"):
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+        model = _uncompiled(model)
         self.hooks = CaptureHooks(model, modules, projection=projection, seed=seed, lora_only=lora_only,
                                   include_bias=include_bias, hold_inputs=hold_inputs, backend=backend)
         self.model = model
@@ -129,8 +142,7 @@ class GradientCapture:
         mask = batch.get("attention_mask")
         if mask is not None and (not isinstance(mask, torch.Tensor) or mask.shape != input_ids.shape):
             raise ValueError(f"attention_mask must be a [B, T] tensor like input_ids {tuple(input_ids.shape)}")
-        if mask is not None and bool(((mask != 0) & (mask != 1)).any()):
-            raise ValueError("attention_mask must hold only 0 and 1")
+        mask = as_token_mask(mask, "attention_mask")
         labels = batch.get("labels")
         if labels is None:
             labels = default_labels(input_ids, mask)
@@ -141,7 +153,7 @@ class GradientCapture:
             inputs["position_ids"] = position_ids_from_mask(mask)
         if "use_cache" in self._forward_params:
             inputs.setdefault("use_cache", False)
-        return inputs, labels, (mask != 0 if mask is not None else None)
+        return inputs, labels, mask
 
     def _losses(self, outputs, batch, labels, mask) -> torch.Tensor:
         B = batch["input_ids"].shape[0]
@@ -153,6 +165,13 @@ class GradientCapture:
             raise ValueError(f"loss_fn must return a [B] = [{B}] tensor of per-example losses (or their sum), "
                              f"got {getattr(losses, 'shape', type(losses).__name__)!r}")
         return losses
+
+
+def _uncompiled(model):
+    """The module a ``torch.compile`` wrapper runs (the wrapper itself is never traced here)."""
+    if type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        return model._orig_mod
+    return model
 
 
 def _forward_parameters(model: nn.Module) -> set[str]:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from fasttda.capture import projection as proj
+from fasttda.ops._checks import as_token_mask
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
 
 
@@ -41,17 +42,17 @@ def build_layout(selected, projection, seed: int, include_bias: bool) -> Capture
         d_in, d_out = module_dims(module, kind)
         bias = bool(include_bias and getattr(module, "bias", None) is not None)
         numel = d_in * d_out + (d_out if bias else 0)
-        width = proj.block_width(projection, numel)
+        width = projection.width(numel)
         if isinstance(projection, proj.Dense):
             block_seed, lo = seed, 0
         else:
             block_seed, lo = module_seed(seed, name), start
             start += width
         blocks.append(ModuleBlock(name, kind, lora, d_in, d_out, bias, block_seed, param_offset, numel,
-                                  lo, lo + width, proj.block_shape(projection, kind, d_in, d_out)))
+                                  lo, lo + width, projection.block_shape(kind, d_in, d_out)))
         param_offset += numel
     total = projection.k if isinstance(projection, proj.Dense) else start
-    return CaptureLayout(tuple(blocks), total, proj.describe(projection), seed)
+    return CaptureLayout(tuple(blocks), total, projection.to_dict(), seed)
 
 
 class CaptureHooks:
@@ -61,8 +62,9 @@ class CaptureHooks:
         model: any ``torch.nn.Module`` (a Hugging Face or PEFT model, or your own).
         modules: None (all Linear/Conv1D but the output embedding), a glob/``"re:"`` name
             pattern, or a list of them; see `select_modules`.
-        projection: None (raw per-example gradients), ``"factored"`` (16×16),
-            ``("factored", k_in[, k_out])``, ``("dense", k)``, or a `Factored`/`Dense`.
+        projection: a `Projection` spec (`Factored`, `Dense`, `Raw`), None (raw per-example
+            gradients), ``"factored"`` (16×16), ``("factored", k_in[, k_out])``,
+            ``("dense", k)``, or text such as ``"sjlt:8192,s=4"`` (see `Projection.parse`).
         seed: global seed in [0, 2**64); module seeds are ``module_seed(seed, name)``.
         lora_only: capture only PEFT LoRA ``lora_A``/``lora_B`` adapters.
         include_bias: add each module's bias gradient (for factored: x gets a column of ones).
@@ -75,7 +77,7 @@ class CaptureHooks:
     def __init__(self, model: nn.Module, modules=None, *, projection="factored", seed: int = 0,
                  lora_only: bool = False, include_bias: bool = False, hold_inputs: bool = False,
                  backend: str | None = "auto"):
-        self.projection = proj.parse_projection(projection)
+        self.projection = proj.Projection.parse(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")
         selected = select_modules(model, modules, lora_only=lora_only)
@@ -122,19 +124,12 @@ class CaptureHooks:
 
     # -- per batch ----------------------------------------------------------------------
     def set_token_mask(self, mask: torch.Tensor | None) -> None:
-        """``[B, T]`` mask (bool or 0/1) of the tokens that count; None counts all tokens.
+        """``[B, T]`` mask (bool, or integer or float 0/1) of the tokens that count; None counts all.
 
         Applies to the following forward passes. Modules whose inputs have T tokens use it;
         padding must be False here so that nothing at padding positions can leak in.
         """
-        if mask is not None:
-            if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
-                raise ValueError(f"token mask must be a [B, T] tensor, got {getattr(mask, 'shape', mask)!r}")
-            if mask.dtype != torch.bool:
-                if mask.dtype.is_floating_point or bool(((mask != 0) & (mask != 1)).any()):
-                    raise ValueError("token mask must be bool or hold only 0 and 1")
-                mask = mask != 0
-        self._token_mask = mask
+        self._token_mask = as_token_mask(mask, "token mask")
 
     def pop_features(self, *, check_finite: bool = True) -> torch.Tensor:
         """The ``[B, layout.total_dim]`` float32 features accumulated since the last pop; resets.

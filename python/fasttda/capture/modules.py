@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from fasttda.ops._checks import check_seed
+
 LAYOUT_FORMAT = "fasttda.capture.layout/1"
 
 
@@ -103,8 +105,7 @@ def module_seed(seed: int, name: str) -> int:
 
     Stable across machines, processes and Python versions (unlike ``hash()``).
     """
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
+    check_seed(seed)
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little")).digest()
     return int.from_bytes(digest, "little")
 

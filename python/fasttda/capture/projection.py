@@ -11,18 +11,21 @@ Three projections, each a pair of steps around the backward pass:
   with `fasttda.ops.project` at the module's parameter offset, a few weight rows at a time;
   summed over modules this is the projection of the flattened gradient of all selected
   parameters.
-* raw (``projection=None``): the exact per-example gradient itself, flattened.
+* `Raw` (``projection=None``): the exact per-example gradient itself, flattened.
+
+All three are `Projection` specs: the one type capture takes and stores record.
 
 Dense and raw hold each module's x from forward to backward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 # Functions are imported from their modules: once a submodule such as fasttda.ops.project
 # is imported, the package attribute `fasttda.ops.project` is that module, not the function.
+from fasttda.ops.project import KINDS as DENSE_KINDS
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import KINDS as FACTORED_KINDS
 from fasttda.ops.project_factored import factored_seeds, project_factored
@@ -30,84 +33,179 @@ from fasttda.ops.project_factored import factored_seeds, project_factored
 DENSE_CHUNK_ENTRIES = 1 << 22
 
 
+class Projection:
+    """How a per-example gradient becomes a feature row: the one projection spec of fasttda.
+
+    Three shapes, each a frozen dataclass: `Factored` (LoGra blocks, one per module),
+    `Dense` (one JL/SJLT projection of the whole selected gradient, SJLT's ``s`` included)
+    and `Raw` (no projection). Capture takes one, and a store built by `fasttda.pipeline`
+    records ``to_dict()`` (plus the seed) in its manifest's ``spec``, so two stores, or a
+    store and a query, are comparable exactly when their specs are equal.
+
+    * ``Projection.parse(value)``: a spec, None (raw), a tuple ``("factored", k_in[, k_out])``
+      / ``("dense", k)``, or text: ``factored:16x16``, ``rademacher:8192``, ``gaussian:4096``,
+      ``sjlt:8192``, ``sjlt:8192,s=4``, ``factored:16x16,kind=gaussian``, ``none``.
+    * ``str(spec)``: the text form, which parses back to an equal spec.
+    * ``spec.to_dict()`` / ``Projection.from_dict(d)``: the JSON form a store records
+      (``from_dict`` also reads the ``{"kind", "k_in", "k_out", "dim", "seed"}`` form of
+      stores written before this type existed).
+    """
+
+    type = "?"
+
+    # -- the block each module contributes -----------------------------------------------
+    def width(self, block_numel: int) -> int:
+        raise NotImplementedError
+
+    def block_shape(self, module_kind: str, d_in: int, d_out: int) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    # -- spellings --------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"type": self.type, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @staticmethod
+    def parse(value) -> "Projection":
+        if isinstance(value, Projection):
+            return value
+        if value is None:
+            return Raw()
+        if isinstance(value, str):
+            return _parse_text(value)
+        if isinstance(value, tuple) and value and value[0] in ("factored", "dense"):
+            args = value[1:]
+            if value[0] == "factored" and len(args) in (1, 2):
+                return Factored(*args)
+            if value[0] == "dense" and len(args) == 1:
+                return Dense(*args)
+        raise ValueError(
+            "projection must be None, 'factored', ('factored', k_in[, k_out]), ('dense', k), a text spec "
+            f"such as 'factored:16x16' or 'sjlt:8192,s=4', or a fasttda.capture.Projection; got {value!r}")
+
+    @staticmethod
+    def from_dict(data) -> "Projection":
+        """The spec recorded by ``to_dict()`` (extra keys, e.g. a store's seed, are ignored)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a projection spec must be a JSON object, got {type(data).__name__}")
+        try:
+            if data.get("type") in _BY_TYPE:
+                cls = _BY_TYPE[data["type"]]
+                return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+            kind = data.get("kind") if "type" not in data else None  # the form of stores before this type
+            if kind == "factored":
+                return Factored(int(data["k_in"]), int(data["k_out"]))
+            if kind in Dense.KINDS:
+                return Dense(int(data["dim"]), kind=kind)
+            if kind == "none":
+                return Raw()
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"projection spec {data!r} is malformed ({exc})") from None
+        raise ValueError(f"projection spec {data!r} names no known projection type {tuple(_BY_TYPE)}")
+
+
 @dataclass(frozen=True)
-class Factored:
+class Factored(Projection):
     """LoGra-style ``k_out × k_in`` block per module (``k_out`` defaults to ``k_in``)."""
 
     k_in: int = 16
     k_out: int | None = None
     kind: str = "rademacher"
 
+    type = "factored"
+    KINDS = FACTORED_KINDS
+
     def __post_init__(self):
         if self.k_out is None:
             object.__setattr__(self, "k_out", self.k_in)
         for name in ("k_in", "k_out"):
-            k = getattr(self, name)
-            if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-                raise ValueError(f"Factored.{name} must be an int >= 1, got {k!r}")
-        if self.kind not in FACTORED_KINDS:
-            raise ValueError(f"Factored.kind must be one of {FACTORED_KINDS}, got {self.kind!r}")
+            _check_size(f"Factored.{name}", getattr(self, name))
+        if self.kind not in self.KINDS:
+            raise ValueError(f"Factored.kind must be one of {self.KINDS}, got {self.kind!r}")
 
-    def describe(self) -> dict:
-        return {"type": "factored", "k_in": self.k_in, "k_out": self.k_out, "kind": self.kind}
+    def width(self, block_numel: int) -> int:
+        return self.k_out * self.k_in
+
+    def block_shape(self, module_kind: str, d_in: int, d_out: int) -> tuple[int, ...]:
+        return (self.k_out, self.k_in)
+
+    def __str__(self) -> str:
+        return f"factored:{self.k_in}x{self.k_out}" + ("" if self.kind == "rademacher" else f",kind={self.kind}")
 
 
 @dataclass(frozen=True)
-class Dense:
-    """One ``[k]`` projection of the whole selected gradient (kinds of `fasttda.ops.project`)."""
+class Dense(Projection):
+    """One ``[k]`` projection of the whole selected gradient (kinds of `fasttda.ops.project`;
+    ``s`` is SJLT's number of nonzeros per input coordinate)."""
 
     k: int
     kind: str = "rademacher"
     s: int = 1
 
+    type = "dense"
+    KINDS = DENSE_KINDS
+
     def __post_init__(self):
-        if not isinstance(self.k, int) or isinstance(self.k, bool) or self.k < 1:
-            raise ValueError(f"Dense.k must be an int >= 1, got {self.k!r}")
-        if self.kind not in ("rademacher", "gaussian", "sjlt"):
+        _check_size("Dense.k", self.k)
+        if self.kind not in self.KINDS:
             raise ValueError(f"Dense.kind must be 'rademacher', 'gaussian' or 'sjlt', got {self.kind!r}")
-        if not isinstance(self.s, int) or isinstance(self.s, bool) or self.s < 1:
-            raise ValueError(f"Dense.s must be an int >= 1, got {self.s!r}")
+        _check_size("Dense.s", self.s)
+        if self.s != 1 and self.kind != "sjlt":
+            raise ValueError(f"Dense.s applies to kind='sjlt' only, got s={self.s} with kind={self.kind!r}")
 
-    def describe(self) -> dict:
-        return {"type": "dense", "k": self.k, "kind": self.kind, "s": self.s}
+    def width(self, block_numel: int) -> int:
+        return self.k
 
+    def block_shape(self, module_kind: str, d_in: int, d_out: int) -> tuple[int, ...]:
+        return (self.k,)
 
-def parse_projection(projection):
-    """None (raw), `Factored`, `Dense`, "factored" (16×16), ("factored", k_in[, k_out]) or ("dense", k)."""
-    if projection is None or isinstance(projection, (Factored, Dense)):
-        return projection
-    if projection == "factored":
-        return Factored()
-    if isinstance(projection, tuple) and projection and projection[0] in ("factored", "dense"):
-        args = projection[1:]
-        if projection[0] == "factored" and len(args) in (1, 2):
-            return Factored(*args)
-        if projection[0] == "dense" and len(args) == 1:
-            return Dense(*args)
-    raise ValueError(
-        "projection must be None, 'factored', ('factored', k_in[, k_out]), ('dense', k), "
-        f"fasttda.capture.Factored(...) or fasttda.capture.Dense(...); got {projection!r}"
-    )
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.k}" + (f",s={self.s}" if self.s != 1 else "")
 
 
-def describe(projection) -> dict:
-    return {"type": "raw"} if projection is None else projection.describe()
+@dataclass(frozen=True)
+class Raw(Projection):
+    """No projection: each module's block is its exact per-example weight gradient."""
 
+    type = "raw"
 
-def block_width(projection, block_numel: int) -> int:
-    if projection is None:
+    def width(self, block_numel: int) -> int:
         return block_numel
-    if isinstance(projection, Factored):
-        return projection.k_out * projection.k_in
-    return projection.k
+
+    def block_shape(self, module_kind: str, d_in: int, d_out: int) -> tuple[int, ...]:
+        return (d_out, d_in) if module_kind == "linear" else (d_in, d_out)
+
+    def __str__(self) -> str:
+        return "none"
 
 
-def block_shape(projection, kind: str, d_in: int, d_out: int) -> tuple[int, ...]:
-    if projection is None:
-        return (d_out, d_in) if kind == "linear" else (d_in, d_out)
-    if isinstance(projection, Factored):
-        return (projection.k_out, projection.k_in)
-    return (projection.k,)
+_BY_TYPE = {"factored": Factored, "dense": Dense, "raw": Raw}
+_TEXT_USAGE = ("expected factored:KINxKOUT, rademacher:K, gaussian:K, sjlt:K[,s=S] or none "
+               "(options: ,kind=gaussian for factored)")
+
+
+def _check_size(name: str, k) -> None:
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {k!r}")
+
+
+def _parse_text(text: str) -> Projection:
+    head, *options = text.strip().lower().split(",")
+    kind, _, size = head.partition(":")
+    try:
+        opts = dict(o.strip().split("=", 1) for o in options)
+        if kind == "factored":
+            k_in, _, k_out = size.partition("x") if size else ("16", "", "")
+            return Factored(int(k_in), int(k_out) if k_out else None, **{k: v for k, v in opts.items()})
+        if kind in DENSE_KINDS:
+            extra = {"s": int(opts.pop("s"))} if "s" in opts else {}
+            if opts:
+                raise ValueError
+            return Dense(int(size), kind=kind, **extra)
+        if kind in ("none", "raw") and not size and not opts:
+            return Raw()
+    except (ValueError, TypeError):
+        pass
+    raise ValueError(f"projection {text!r} not understood: {_TEXT_USAGE}")
 
 
 def _masked(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -152,7 +250,7 @@ def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, back
         return torch.bmm(_masked(pdy, mask).transpose(1, 2), kept).reshape(B, -1)
     x = _masked(kept.to(_work_dtype(kept)), mask)
     dy = _masked(dy.to(x.dtype), mask)
-    if projection is None:
+    if isinstance(projection, Raw):
         return _raw_gradient(block, x, dy).to(torch.float32)
     return _dense_projection(projection, block, x, dy, backend)
 

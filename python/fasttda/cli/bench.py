@@ -5,6 +5,7 @@ import importlib
 
 import click
 
+from fasttda.bench import fmt_time
 from fasttda.bench.suites import SUITES
 
 
@@ -92,10 +93,7 @@ def summary(report: dict) -> str:
         gbps = f"{r['gbps']:.1f}" if r["gbps"] else ""
         tflops = f"{r['tflops']:.3f}" if r["tflops"] else ""
         mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else ""
-        lines.append(f"{label[:44]:44} {r['impl'][:32]:32} {_fmt(r['median_s']):>10} {ratio:>9} {gbps:>8} "
+        lines.append(f"{label[:44]:44} {r['impl'][:32]:32} {fmt_time(r['median_s']):>10} {ratio:>9} {gbps:>8} "
                      f"{tflops:>8} {mem:>9}")
     return "\n".join(lines)
 
-
-def _fmt(seconds: float) -> str:
-    return f"{seconds:.3f}s" if seconds >= 1 else f"{seconds * 1e3:.2f}ms"

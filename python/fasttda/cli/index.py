@@ -19,18 +19,12 @@ from fasttda.cli._common import capture_options, data_field_options, fields_of, 
 def index(model_dir, data_path, out, projection, fmt, seed, modules, batch_size, max_length, device, resume,
           quiet, **kwargs):
     """Index a training set (JSONL) into a feature store."""
+    from fasttda import pipeline
     from fasttda.data import load_jsonl
-    from fasttda.methods import dda
-    from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
 
     examples = load_jsonl(data_path, **fields_of(kwargs))
-    spec = ProjectionSpec.parse(projection, seed=seed)
-    checkpoint = load_checkpoint(model_dir, device=device)
-    config = dda.CaptureConfig(spec, list(modules) or None, max_length, batch_size)
-    store = dda.index(checkpoint, examples, out, config, fmt=fmt, resume=resume, progress=not quiet)
+    config = pipeline.CaptureConfig(projection, list(modules) or None, max_length, batch_size, seed)
+    checkpoint = pipeline.load_checkpoint(model_dir, device=device)
+    store = pipeline.index(checkpoint, examples, out, config, fmt=fmt, resume=resume, progress=not quiet)
     click.echo(f"indexed {len(store)} examples from {data_path} at {model_dir} into {out} "
-               f"({spec}, {fmt}, {store_dim(store)} dims)")
-
-
-def store_dim(store) -> int:
-    return int(getattr(store, "dim", 0))
+               f"({config.projection}, {fmt}, {store.dim} dims)")

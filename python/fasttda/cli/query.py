@@ -33,9 +33,9 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 def query(stores, weights, models, queries_path, top_k, out, normalize, precondition, damping, projection,
           batch_size, max_length, device, target_field, **kwargs):
     """Score queries against one or more stores; top-k per query."""
+    from fasttda import pipeline
+    from fasttda.capture import Projection
     from fasttda.data import load_jsonl
-    from fasttda.methods import _backend, dda
-    from fasttda.methods._checkpoints import ProjectionSpec, check_same_tokenizer, load_checkpoint
 
     if weights and len(weights) != len(stores):
         raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
@@ -44,25 +44,24 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
     weights = list(weights) or [1.0] * len(stores)
     model_of = list(models) * len(stores) if len(models) == 1 else list(models)
     queries = load_jsonl(queries_path, **fields_of(kwargs), target_field=target_field)
-    check_same_tokenizer(sorted(set(model_of), key=model_of.index))
+    pipeline.check_same_tokenizer(sorted(set(model_of), key=model_of.index))
+    expected = Projection.parse(projection) if projection is not None else None
     opened, feats, loaded = [], [], {}
     for path, model_dir in zip(stores, model_of):
-        store = open_store(path)
-        spec = dda.store_projection(store)
-        if projection is not None:
-            expected = ProjectionSpec.parse(projection, seed=spec.seed)
-            if expected != spec:
-                raise dda.StoreMismatch(f"store {path} was built with projection {spec}, not {projection}")
+        store = pipeline.open_store(path)
+        config = pipeline.store_config(store, batch_size=batch_size)
+        if expected is not None and expected != config.projection:
+            raise pipeline.StoreMismatch(f"store {path} was built with projection {config.projection}, "
+                                         f"not {projection}")
         if model_dir not in loaded:
-            loaded[model_dir] = load_checkpoint(model_dir, device=device)
-        meta = dda.check_store(store, path, checkpoint=loaded[model_dir], projection=spec)
-        config = dda.CaptureConfig(spec, meta.get("modules"), meta.get("max_length", max_length), batch_size)
-        feats.append(dda.query_features(loaded[model_dir], queries, config))
+            loaded[model_dir] = pipeline.load_checkpoint(model_dir, device=device)
+        pipeline.check_store(store, path, checkpoint=loaded[model_dir])
+        feats.append(pipeline.query_features(loaded[model_dir], queries, config))
         opened.append(store)
-    pre = [_backend.fit_preconditioner(s, damping) for s in opened] if precondition else None
-    values, indices = dda.score_checkpoints(feats, opened, weights, k=top_k, normalize=normalize,
+    pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
+    values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
                                             preconditioners=pre)
-    result = dda.Attribution([q.id for q in queries], values, indices, _backend.store_ids(opened[0]))
+    result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
     if out:
         result.write_jsonl(out)
         click.echo(f"wrote the top {values.shape[1]} of {len(opened[0])} training examples for "
@@ -71,12 +70,3 @@ def query(stores, weights, models, queries_path, top_k, out, normalize, precondi
         for row in result.rows():
             sys.stdout.write(json.dumps(row) + "\n")
 
-
-def open_store(path):
-    from pathlib import Path
-
-    from fasttda.methods import _backend
-
-    if not Path(path).exists():
-        raise FileNotFoundError(f"store not found: {path}")
-    return _backend.open_store(path, mode="r")

@@ -17,8 +17,9 @@ from fasttda.demo import evaluate as ev
 from fasttda.demo import model as model_mod
 from fasttda.demo import report as report_mod
 from fasttda.demo import train as train_mod
-from fasttda.methods import _backend, dda
-from fasttda.methods._checkpoints import ProjectionSpec, load_checkpoint
+from fasttda import pipeline
+from fasttda.methods import dda
+from fasttda.pipeline import load_checkpoint
 
 
 @dataclass
@@ -139,8 +140,7 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
         f"query loss on the {'hallucinated entity' if config.query_loss == 'span' else 'whole summary'}")
 
     # one store per checkpoint; queries' features at each
-    capture = dda.CaptureConfig(ProjectionSpec.parse(config.projection, seed=config.seed), None,
-                                config.max_length, batch_size=config.batch_size)
+    capture = pipeline.CaptureConfig(config.projection, None, config.max_length, config.batch_size, config.seed)
     stores, q_feats, index_s, query_s = [], [], [], []
     fit = {p: {} for p in range(len(corpus.pairs))}
     for c, path in enumerate([base_dir] + epoch_dirs):
@@ -150,11 +150,11 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                                                       [corpus.train[i] for i in corpus.true_sources(p)], target,
                                                       config.max_length)
         t0 = time.perf_counter()
-        stores.append(dda.index(ckpt, train, out / "stores" / f"ckpt{c}", capture, fmt=config.fmt,
+        stores.append(pipeline.index(ckpt, train, out / "stores" / f"ckpt{c}", capture, fmt=config.fmt,
                                 progress=progress))
         index_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        q_feats.append(dda.query_features(ckpt, [q.example for q in queries], capture))
+        q_feats.append(pipeline.query_features(ckpt, [q.example for q in queries], capture))
         query_s.append(time.perf_counter() - t0)
     log(f"indexed {len(stores)} checkpoints in {sum(index_s):.0f} s")
 
@@ -169,9 +169,9 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
         t0 = time.perf_counter()
         pre = None
         if precondition:
-            pre = [preconditioners.setdefault(c, _backend.fit_preconditioner(stores[c], config.damping))
+            pre = [preconditioners.setdefault(c, pipeline.fit_preconditioner(stores[c], config.damping))
                    for c, _ in plan]
-        values, indices = dda.score_checkpoints([q_feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
+        values, indices = pipeline.score_stores([q_feats[c] for c, _ in plan], [stores[c] for c, _ in plan],
                                                 [w for _, w in plan], k=len(train), normalize=normalize,
                                                 preconditioners=pre)
         dense = torch.empty(values.shape, dtype=torch.float64).scatter_(1, indices.long(), values.double())
@@ -191,7 +191,7 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     cfg.update(n_swapped=sum(r.swap is not None for r in corpus.train), model_parameters=n_params,
                n_queries=len(queries), n_generated_queries=n_generated,
                n_teacher_forced_queries=len(queries) - n_generated, epoch_learning_rates=epoch_lrs,
-               train_s=train_s, total_s=time.perf_counter() - t_start, implementation=_backend.implementation(),
+               train_s=train_s, total_s=time.perf_counter() - t_start, implementation="fasttda.pipeline",
                torch=torch.__version__, machine=f"{platform.machine()}, {torch.get_num_threads()} threads")
     paths = report_mod.write(out, methods, pairs, cfg, curves, notes(methods, pairs, config.epochs))
     cfg["total_s"] = time.perf_counter() - t_start

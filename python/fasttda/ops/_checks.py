@@ -1,4 +1,4 @@
-"""Argument checks the ops share, so every op words the same mistake the same way."""
+"""Argument checks the ops (and capture) share, so every mistake is worded one way."""
 from __future__ import annotations
 
 import torch
@@ -20,3 +20,34 @@ def check_float_tensor(t, name: str, layout: str) -> None:
         raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
     if min(t.shape) < 1:
         raise ValueError(f"{name} must have {', '.join(d + ' >= 1' for d in dims)}, got shape {tuple(t.shape)}")
+
+
+def check_seed(seed) -> None:
+    """A projection seed: an int in [0, 2**64) (the counter hash folds all 64 bits)."""
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+
+
+def as_token_mask(mask, name: str = "mask", shape: tuple | None = None):
+    """A ``[B, T]`` mask of the tokens that count as a bool tensor (None stays None).
+
+    Bool, integer or float masks are accepted (a float 0/1 loss mask is common); any value
+    other than 0 and 1 (NaN included) is an error. ``shape``: the ``[B, T]`` it must have.
+    """
+    if mask is None:
+        return None
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(mask).__name__}")
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape [B, T] = {tuple(shape)}, got {tuple(mask.shape)}")
+    if mask.dim() != 2:
+        raise ValueError(f"{name} must be a [B, T] tensor, got shape {tuple(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype.is_complex:
+        raise TypeError(f"{name} must be bool, integer or float 0/1, got {mask.dtype}")
+    if bool(((mask != 0) & (mask != 1)).any()):
+        raise ValueError(f"{name} must hold only 0 and 1")
+    return mask != 0

@@ -26,6 +26,8 @@ import math
 
 import torch
 
+from fasttda.ops._checks import check_seed
+
 MASK32 = 0xFFFFFFFF
 MIX_MUL1 = 0x7FEB352D
 MIX_MUL2 = 0x846CA68B
@@ -48,10 +50,7 @@ def mix_int(x: int) -> int:
 
 def seed_keys(seed: int, kind: str) -> tuple[int, int]:
     """Fold a 64-bit seed and the kind's stream into the two 32-bit keys."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    check_seed(seed)
     stream = KIND_STREAM[kind]
     lo, hi = seed & MASK32, seed >> 32
     base = mix_int(lo ^ mix_int(hi ^ GOLDEN))

@@ -22,7 +22,8 @@ import math
 
 import torch
 
-from fasttda._dispatch import Op, common_device
+from fasttda._dispatch import Op
+from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
 from fasttda.ops._checks import check_float_tensor
 
@@ -58,10 +59,14 @@ def project(
     """
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
-    device = common_device(x)
+    return _library.call("project", x, out_dim, kind, k_row, k_col, offset, s, backend or "auto")
+
+
+def choose_backend(backend: str, kind: str, device: torch.device):
+    """The implementation the op ``project`` runs (see `fasttda.ops._library`)."""
     unsupported = {} if kind == "rademacher" else {"cuda": f"covers kind='rademacher' only, got kind={kind!r}"}
     _, impl = PROJECT.resolve(backend, device, unsupported)
-    return impl(x, out_dim, kind, k_row, k_col, offset, s)
+    return impl
 
 
 def projection_matrix(

@@ -33,8 +33,9 @@ import hashlib
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
-from fasttda.ops._checks import check_float_tensor
+from fasttda.ops._checks import as_token_mask, check_float_tensor, check_seed
 from fasttda.ops.project import matrix_reference, _scale
 
 KINDS = ("rademacher", "gaussian")
@@ -45,7 +46,7 @@ _SIDE_TAGS = (b"fasttda.factored.in", b"fasttda.factored.out")
 
 def factored_seeds(seed: int) -> tuple[int, int]:
     """``(seed_in, seed_out)`` for P_in and P_out, derived from ``seed`` (see module docstring)."""
-    _check_seed(seed)
+    check_seed(seed)
     return tuple(  # type: ignore[return-value]
         int.from_bytes(hashlib.blake2b(tag + seed.to_bytes(8, "little"), digest_size=8).digest(), "little")
         for tag in _SIDE_TAGS
@@ -70,7 +71,7 @@ def project_factored(
         dy: ``[B, T, d_out]`` gradient of the loss w.r.t. the layer output, same B and T.
         k_in, k_out: ranks of the input and output sides (ints ≥ 1).
         seed: int in [0, 2**64); P_in/P_out seeds come from `factored_seeds`.
-        mask: optional ``[B, T]`` bool (or 0/1 integer) tensor; tokens where it is
+        mask: optional ``[B, T]`` bool (or 0/1 integer or float) tensor; tokens where it is
             False/0 contribute nothing.
         kind: ``"rademacher"`` (±1) or ``"gaussian"`` entries, scaled by ``1/sqrt(k)``.
         backend: ``"auto"``, ``"reference"`` or ``"triton"``.
@@ -81,8 +82,8 @@ def project_factored(
     mask = check_factored_args(x, dy, k_in, k_out, seed, mask, kind)
     seed_in, seed_out = factored_seeds(seed)
     keys_in, keys_out = ch.seed_keys(seed_in, kind), ch.seed_keys(seed_out, kind)
-    _, impl = PROJECT_FACTORED.resolve(backend, common_device(x, dy, mask, names=("x", "dy", "mask")))
-    return impl(x, dy, mask, k_in, k_out, kind, keys_in, keys_out)
+    common_device(x, dy, mask, names=("x", "dy", "mask"))
+    return _library.call("project_factored", x, dy, mask, k_in, k_out, kind, [*keys_in, *keys_out], backend or "auto")
 
 
 # -- argument checks ----------------------------------------------------------------------
@@ -95,29 +96,10 @@ def check_factored_args(x, dy, k_in, k_out, seed, mask, kind):
     for name, k in (("k_in", k_in), ("k_out", k_out)):
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise ValueError(f"{name} must be an int >= 1, got {k!r}")
-    _check_seed(seed)
+    check_seed(seed)
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if mask is None:
-        return None
-    if not isinstance(mask, torch.Tensor):
-        raise TypeError(f"mask must be a torch.Tensor or None, got {type(mask).__name__}")
-    if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"mask must have shape [B, T] = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if mask.dtype.is_floating_point or mask.dtype.is_complex:
-        raise TypeError(f"mask must be bool or integer 0/1, got {mask.dtype}")
-    if bool(((mask != 0) & (mask != 1)).any()):
-        raise ValueError("mask must hold only 0 and 1")
-    return mask != 0
-
-
-def _check_seed(seed) -> None:
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+    return as_token_mask(mask, "mask", x.shape[:2])
 
 
 # -- reference ------------------------------------------------------------------------------

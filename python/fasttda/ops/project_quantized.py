@@ -4,7 +4,7 @@
 float32 L2 norms of the projected rows (taken before quantization), as a `QuantizedRows`
 ``(data, scale, norms)`` ready for `FeatureStore.append_quantized`.
 
-The Triton form (``kernels/project_quantize.py``) gives one program a block of whole
+The Triton form (``kernels/project_quantized.py``) gives one program a block of whole
 output rows: the projection accumulates in registers, the per-row absmax and norm are
 reduced there, and only the quantized bytes, the scale and the norm reach memory. It fuses
 dense kinds (Rademacher, Gaussian) up to ``FUSED_MAX_DIM`` output columns; SJLT (whose
@@ -64,4 +64,4 @@ def project_quantized_reference(x, out_dim, fmt, kind, k_row, k_col, offset, s):
 
 
 PROJECT_QUANTIZED = Op("project_quantized", reference=project_quantized_reference,
-                       triton="fasttda.kernels.project_quantize:launch_project_quantized")
+                       triton="fasttda.kernels.project_quantized:launch_project_quantized")

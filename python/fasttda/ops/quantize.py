@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from fasttda._dispatch import Op, common_device
+from fasttda._dispatch import Op
+from fasttda.ops import _library
 
 FP8 = getattr(torch, "float8_e4m3fn", None)
 
@@ -80,8 +81,7 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         if fmt == "fp16":
             raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
         raise ValueError("x has values beyond the bf16 range ±3.39e38 (they would round to inf); use a scaled format")
-    _, impl = QUANTIZE.resolve(backend, common_device(x))
-    return impl(x, fmt)
+    return _library.call("quantize", x, fmt, backend or "auto")
 
 
 def _values_ok(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -126,8 +126,7 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim:
         dim = data.shape[1] * 2 if fmt == "int4" else data.shape[1]
     elif stored_width(fmt, dim) != data.shape[1]:
         raise ValueError(f"dim={dim} does not match data width {data.shape[1]} for fmt={fmt!r}")
-    _, impl = DEQUANTIZE.resolve(backend, common_device(data))
-    return impl(data, scale, fmt, dim)
+    return _library.call("dequantize", data, scale, fmt, dim, backend or "auto")
 
 
 # -- reference ------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.ops import _library
 from fasttda.ops.quantize import FP8, SCALED_QMAX, check_format, storage_dtype, stored_width, unpack_int4
 
 SCORE_BUFFER_BYTES = 32 << 20  # one chunk of scores, Q × chunk float32
@@ -96,8 +97,8 @@ def _score_topk(queries, rows, k, scales, norms, weights, normalize, fmt, backen
     q = terms.queries[0].shape[0]
     if k == 0:
         return torch.empty(q, 0, device=terms.device), torch.empty(q, 0, dtype=torch.int64, device=terms.device)
-    _, impl = SCORE_TOPK.resolve(backend, terms.device)
-    return impl(terms.queries, terms.rows, terms.factors, terms.fmts, k)
+    return _library.call("score_topk", terms.queries, terms.rows, terms.factors, ",".join(terms.fmts), k,
+                         backend or "auto")
 
 
 def score_dense(queries, rows, *, scales=None, norms=None, weights=None, normalize: bool = False, fmt=None,

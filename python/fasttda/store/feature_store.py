@@ -97,7 +97,8 @@ class FeatureStore:
             dim: feature columns per row.
             fmt: ``fp32``, ``bf16``, ``fp16``, ``int8``, ``fp8_e4m3`` or ``int4`` (see `fasttda.ops.quantize`).
             meta: any JSON-serializable dict, kept in the manifest.
-            spec: the projection spec (`projection_spec`); stores combine only when specs agree.
+            spec: what makes rows comparable, a JSON mapping (`fasttda.pipeline.CaptureConfig.spec`:
+                a `fasttda.capture.Projection` plus seed and width); stores combine only when specs agree.
             fingerprint: the model fingerprint (`model_fingerprint`) of the weights behind the rows.
             shard_rows: rows per shard file; defaults to about 1 GiB of data per shard.
         """

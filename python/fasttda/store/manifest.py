@@ -67,22 +67,6 @@ def json_value(value: Any, name: str) -> Any:
 
 
 # -- what goes in -----------------------------------------------------------------------------
-def projection_spec(kind: str, seed: int, in_dim: int, out_dim: int, *, s: int | None = None,
-                    modules: list | None = None, **extra: Any) -> dict:
-    """The projection spec a store records: stores combine only when these agree exactly.
-
-    ``modules`` is the module layout, e.g. ``[{"name": "h.0.mlp.c_fc", "offset": 0,
-    "shape": [768, 3072]}, ...]``, in the order their gradients were concatenated.
-    """
-    spec = {"kind": kind, "seed": int(seed), "in_dim": int(in_dim), "out_dim": int(out_dim)}
-    if s is not None:
-        spec["s"] = int(s)
-    if modules is not None:
-        spec["modules"] = modules
-    spec.update(extra)
-    return json_value(spec, "projection spec")
-
-
 def new_manifest(dim: int, fmt: str, *, meta=None, spec=None, fingerprint=None, shard_rows: int) -> dict:
     if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
         raise ValueError(f"dim must be an int >= 1, got {dim!r}")
@@ -93,7 +77,8 @@ def new_manifest(dim: int, fmt: str, *, meta=None, spec=None, fingerprint=None, 
     spec = json_value(spec, "spec")
     if spec is not None:
         if not isinstance(spec, dict):
-            raise TypeError(f"spec must be a mapping (see fasttda.store.projection_spec), got {type(spec).__name__}")
+            raise TypeError(f"spec must be a mapping (see fasttda.pipeline.CaptureConfig.spec), "
+                            f"got {type(spec).__name__}")
         out_dim = spec.get("out_dim", dim)
         if out_dim != dim:
             raise ValueError(f"spec['out_dim']={out_dim} does not match the store's dim={dim}")

@@ -30,8 +30,8 @@ import time
 import torch
 
 from fasttda.bench.anchors import AnchorMissing
-from fasttda.bench.capture_anchors import bergson, dattri_llm, fasttda_capture
-from fasttda.bench.capture_anchors.workload import (SavedModel, Workload, make_batches, plain_step,
+from fasttda.bench.anchors.capture import bergson, dattri_llm, fasttda_capture
+from fasttda.bench.anchors.capture.workload import (SavedModel, Workload, make_batches, plain_step,
                                                     quiet_transformers, workloads)
 
 SUITE = "capture"

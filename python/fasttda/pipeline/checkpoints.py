@@ -1,4 +1,4 @@
-"""Loading checkpoints from local directories, and the specs stores are checked against.
+"""Checkpoints: a model and its tokenizer loaded from a local directory, and their fingerprints.
 
 Any Hugging Face causal LM saved with ``save_pretrained`` loads here, and so does a PEFT
 LoRA adapter directory (``adapter_config.json``; its base model must be loadable offline).
@@ -9,7 +9,8 @@ import hashlib
 import json
 import os
 import pickle
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -28,9 +29,17 @@ class Checkpoint:
     tokenizer: object
     is_lora: bool
 
-    @property
-    def fingerprint(self) -> str:
-        return model_fingerprint(self.model)
+    @cached_property
+    def fingerprint(self) -> dict:
+        """The full SHA-256 of the weights (`fasttda.store.model_fingerprint`), as a store records it."""
+        from fasttda.store import model_fingerprint
+
+        return model_fingerprint(self.model, name=str(self.path))
+
+    @cached_property
+    def sampled_fingerprint(self) -> str:
+        """`sampled_fingerprint` of the model: what stores are checked against, cheaply."""
+        return sampled_fingerprint(self.model)
 
     @property
     def tokenizer_fingerprint(self) -> str:
@@ -131,9 +140,10 @@ def check_same_tokenizer(paths: list[str | os.PathLike]) -> None:
                 "all checkpoints must share one tokenizer")
 
 
-def model_fingerprint(model: torch.nn.Module) -> str:
-    """A cheap hash that tells checkpoints apart: every parameter's name, shape, dtype and
-    a strided sample of at most 4096 of its values (fine-tuning moves them all)."""
+def sampled_fingerprint(model: torch.nn.Module) -> str:
+    """A cheap 16-hex-digit hash that tells checkpoints apart, NOT a content hash: every
+    parameter's name, shape, dtype and a strided sample of at most 4096 of its values
+    (fine-tuning moves them all). `fasttda.store.model_fingerprint` is the full SHA-256."""
     h = hashlib.sha256()
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -143,48 +153,3 @@ def model_fingerprint(model: torch.nn.Module) -> str:
             h.update(f"{name}|{tuple(param.shape)}|{param.dtype}|".encode())
             h.update(sample.numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-# -- projection specs ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ProjectionSpec:
-    """How per-example gradients are compressed: ``factored`` (k_in x k_out per module),
-    a dense/sparse JL kind to ``dim`` over the concatenated gradient, or ``none``."""
-    kind: str
-    k_in: int = 0
-    k_out: int = 0
-    dim: int = 0
-    seed: int = 0
-
-    KINDS = ("factored", "rademacher", "gaussian", "sjlt", "none")
-
-    @classmethod
-    def parse(cls, text: str, seed: int = 0) -> "ProjectionSpec":
-        """``factored:16x16``, ``rademacher:8192``, ``gaussian:4096``, ``sjlt:8192`` or ``none``."""
-        kind, _, size = text.strip().lower().partition(":")
-        usage = "expected factored:KINxKOUT, rademacher:K, gaussian:K, sjlt:K or none"
-        try:
-            if kind == "factored":
-                k_in, _, k_out = size.partition("x")
-                spec = cls("factored", k_in=int(k_in), k_out=int(k_out), seed=seed)
-                if spec.k_in < 1 or spec.k_out < 1:
-                    raise ValueError
-                return spec
-            if kind in ("rademacher", "gaussian", "sjlt"):
-                spec = cls(kind, dim=int(size), seed=seed)
-                if spec.dim < 1:
-                    raise ValueError
-                return spec
-            if kind == "none" and not size:
-                return cls("none", seed=seed)
-        except ValueError:
-            pass
-        raise ValueError(f"projection {text!r} not understood: {usage}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        if self.kind == "factored":
-            return f"factored:{self.k_in}x{self.k_out}"
-        return self.kind if self.kind == "none" else f"{self.kind}:{self.dim}"

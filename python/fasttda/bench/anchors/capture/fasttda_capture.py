@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from fasttda.bench.capture_anchors.workload import Batch, Workload
+from fasttda.bench.anchors.capture.workload import Batch, Workload
 from fasttda.bench.suites._common import fasttda_attr
 
 

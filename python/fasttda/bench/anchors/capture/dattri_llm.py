@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from fasttda.bench.anchors import AnchorMissing, need, version
-from fasttda.bench.capture_anchors.workload import Batch, Workload, target_modules
+from fasttda.bench.anchors.capture.workload import Batch, Workload, target_modules
 
 IMPL = "dattri-llm.logra"
 
