@@ -10,6 +10,7 @@ GPU, triton, a compiler or a compiled extension:
 * ``fasttda.score`` and ``fasttda.precondition``: streaming top-k over stores.
 * ``fasttda.pipeline``: index a data set at a checkpoint, featurize queries, check stores, score.
 * ``fasttda.dda``: Debias-and-Denoise attribution over checkpoints.
+* ``fasttda.influcoder``: a learned encoder distilled from gradient similarities.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ _LAZY = {
     "ops": "fasttda.ops",
     "precondition": "fasttda.precondition",
     "dda": "fasttda.methods.dda",
+    "influcoder": "fasttda.methods.influcoder",
     "pipeline": "fasttda.pipeline",
     "GradientCapture": "fasttda.capture:GradientCapture",
     "FeatureStore": "fasttda.store:FeatureStore",

@@ -40,7 +40,8 @@ class TopK(NamedTuple):
 
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
-          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto") -> TopK:
+          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
+          distributed: bool | None = None, split: str = "auto", group=None, on_chunk=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
     Args:
@@ -56,7 +57,25 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         device: where scoring runs (default: the queries' device). With ``"cuda"`` and stores
             on disk, chunks are prefetched to the GPU while the previous one is scored.
         backend: the op's backend (`fasttda.ops.score_topk`).
+        distributed: split the work over the ranks of ``group`` (a ``torch.distributed``
+            process group, default the world) and return the same global result on every
+            rank; every rank must then make the same call. None (default): on when a
+            process group with more than one rank is initialized (e.g. under ``torchrun``);
+            pass False to score locally on each rank anyway.
+        split: under ``distributed``: ``"rows"``, ``"queries"`` or ``"auto"`` (from the
+            shapes); see `fasttda.distributed.scoring`. The result then also carries ``split``.
+        on_chunk: called with the number of rows after each chunk is merged (progress bars).
     """
+    if distributed is None:
+        from fasttda.distributed.comm import is_active
+
+        distributed = is_active(group)
+    if distributed:
+        from fasttda.distributed.scoring import score as distributed_score
+
+        return distributed_score(queries, stores, k=k, weights=weights, normalize=normalize,
+                                 preconditioner=preconditioner, chunk_rows=chunk_rows, device=device,
+                                 backend=backend, split=split, group=group)
     multi = isinstance(stores, (list, tuple))
     store_list = list(stores) if multi else [stores]
     if isinstance(queries, (list, tuple)) != multi:
@@ -85,6 +104,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
             group, multi, k=k, weights=weights, normalize=normalize, backend=backend))
         ok = chunk_ok if ok is None else ok & chunk_ok  # combined on the device: no host sync per chunk
         merger.add(values, local + group[0].start, group[0])
+        if on_chunk is not None:
+            on_chunk(group[0].data.shape[0])
     if ok is not None and not bool(ok):  # the run's one check; on failure, find the chunk and say what is wrong
         for group in _aligned_chunks(store_list, chunk_rows):
             qs = [q.to(group[0].data.device) for q in query_list]  # the chunks as read: on the host for a GPU run

@@ -35,7 +35,8 @@ def test_quick_json_validates_against_schema(quick_run):
     harness.validate(report)
     assert report["config"]["quick"] is True
     assert len(report["machine"]["loadavg_start"]) == 3
-    assert set(report["suites"]) == {"project", "factored", "quantize", "store", "score", "capture", "e2e"}
+    assert set(report["suites"]) == {"project", "factored", "quantize", "store", "score", "capture", "e2e",
+                                     "influcoder"}
     assert not [n for n, s in report["suites"].items() if s["status"] == "error"], report["suites"]
 
 

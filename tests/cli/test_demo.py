@@ -1,4 +1,5 @@
-"""`fasttda demo --quick`: the whole benchmark at CI size; checks the report's structure."""
+"""`fasttda demo --quick --seeds 3`: the whole benchmark at CI size through the multi-seed
+path (one seed); checks the per-seed report's structure and the aggregate's."""
 from __future__ import annotations
 
 import json
@@ -8,14 +9,15 @@ from click.testing import CliRunner
 from fasttda.cli import main
 from tiny_models import one_thread  # noqa: F401
 
-REQUIRED = ("bm25", "grad_dot", "cosine", "trak_if", "debias", "denoise", "dda")
+REQUIRED = ("bm25", "grad_dot", "cosine", "trak_if", "debias", "denoise", "dda", "dda_lr", "debias_dot")
 
 
 def test_demo_quick_report(tmp_path):
-    out = tmp_path / "demo"
-    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(out), "--seed", "3", "--no-progress"],
+    top = tmp_path / "demo"
+    result = CliRunner().invoke(main, ["demo", "--quick", "--out", str(top), "--seeds", "3", "--no-progress"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
+    out = top / "seed3"
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"methods", "pairs", "config"}
     assert set(REQUIRED) <= set(report["methods"])
@@ -34,6 +36,16 @@ def test_demo_quick_report(tmp_path):
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert all(f"| {name} |" in md for name in REQUIRED)
-    assert "| dda |" in result.stdout  # the table is printed
+    assert "| projection | format |" in md and "Where the time went: train" in md
+    cfg = report["config"]
+    assert cfg["deterministic_algorithms"] is True and cfg["threads"] == 1
+    assert set(cfg["phases_s"]) >= {"train", "index", "query features", "score and evaluate"}
+    assert len(cfg["fingerprints"]["base"]) == 16 and cfg["fingerprints"]["last"] != cfg["fingerprints"]["base"]
+    assert set(json.loads((out / "roc.json").read_text())["tpr"]) == set(report["methods"])
+    # the aggregate over the seeds given (one here)
+    summary = json.loads((top / "report.json").read_text())
+    assert summary["seeds"] == [3] and summary["methods"]["dda"]["auc"]["values"] == [report["methods"]["dda"]["auc"]]
+    assert (top / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (top / "report.md").is_file()
+    assert "| dda |" in result.stdout and "AUC per seed (3)" in result.stdout  # the table is printed
     # the data files the demo wrote are valid inputs of the other commands
     assert (out / "data" / "train.jsonl").is_file() and (out / "data" / "queries.jsonl").is_file()

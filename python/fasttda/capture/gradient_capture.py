@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fasttda.capture.hooks import CaptureHooks
+from fasttda.capture.wrappers import unwrap_parallel
 from fasttda.ops._checks import as_token_mask
 from fasttda.capture.loss import default_labels, per_example_loss, position_ids_from_mask
 
@@ -67,7 +68,7 @@ class GradientCapture:
                  backend: str | None = "auto"):
         if loss_fn is not None and not callable(loss_fn):
             raise TypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-        model = _uncompiled(model)
+        model = _uncompiled(unwrap_parallel(_uncompiled(model)))  # DDP: the inner module, under its own names
         self.hooks = CaptureHooks(model, modules, projection=projection, seed=seed, lora_only=lora_only,
                                   include_bias=include_bias, hold_inputs=hold_inputs, backend=backend)
         self.model = model

@@ -34,6 +34,7 @@ from torch import nn
 from fasttda.capture import projection as proj
 from fasttda.ops._checks import as_token_mask
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
+from fasttda.capture.wrappers import unwrap_parallel
 
 
 def build_layout(selected, projection, seed: int, include_bias: bool) -> CaptureLayout:
@@ -80,6 +81,7 @@ class CaptureHooks:
         self.projection = proj.Projection.parse(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")
+        model = unwrap_parallel(model)
         selected = select_modules(model, modules, lora_only=lora_only)
         self.model = model
         self.layout = build_layout(selected, self.projection, seed, include_bias)

@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "query": ("fasttda.cli.query", "query", "Score queries against one or more stores; top-k per query."),
     "dda": ("fasttda.cli.dda", "dda", "Debias-and-Denoise attribution over checkpoints, end to end."),
     "demo": ("fasttda.cli.demo", "demo", "The embedded hallucination-tracing benchmark, on CPU, offline."),
+    "influcoder": ("fasttda.cli.influcoder", "influcoder",
+                   "Influcoder: distil gradient similarities into a text encoder (teacher, train, encode, eval, demo)."),
     "store": ("fasttda.cli.store", "store", "Inspect and verify feature stores (info, verify)."),
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
 }

@@ -12,7 +12,7 @@ import os
 
 import click
 
-FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3")
+FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
 
 
 # a missing optional module -> the extra that installs it
@@ -148,3 +148,30 @@ def projection_options(fn):
     ]):
         fn = option(fn)
     return fn
+
+
+# One default for `query` and `dda`: cosine per store. Gradient norms differ by orders of
+# magnitude between examples (long or high-loss ones dominate a raw dot product) and between
+# checkpoints (θ₀'s and early epochs' are larger), so with raw dots a weighted sum over
+# checkpoints is decided by whichever has the largest norms; cosine makes each store's
+# score comparable and keeps `query` over several stores equal to `dda` over them.
+SIMILARITY_HELP = ("Per-store cosine (default: scale-free, so examples with large gradients and checkpoints "
+                   "with large norms do not dominate, and query and dda rank alike) or raw dot products "
+                   "(TracIn/the DDA paper's form).")
+
+
+def similarity_option(fn):
+    return click.option("--cosine/--dot", "normalize", default=True, show_default=True, help=SIMILARITY_HELP)(fn)
+
+
+def text_report_options(fn):
+    for option in reversed([
+        click.option("--text/--no-text", "with_text", default=True, show_default=True,
+                     help="Include the query's and each training example's prompt and response in the JSONL."),
+        click.option("--html/--no-html", "with_html", default=True, show_default=True,
+                     help="Also write a readable report.html: each query with its target span marked and its "
+                          "top training examples with the words they share."),
+    ]):
+        fn = option(fn)
+    return fn
+

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from fasttda.cli._common import (capture_options, data_field_options, fields_of, one_line_errors,
-                                 projection_options, target_field_option)
+                                 projection_options, similarity_option, target_field_option, text_report_options)
 
 
 @click.command("dda")
@@ -20,8 +20,7 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--beta", default=1.0, show_default=True, type=float, help="Weight β of the base model's score.")
 @click.option("--lr", "lrs", multiple=True, type=float,
               help="Learning rate of each epoch (repeatable, one per --checkpoint): weights lr_i/Σlr replace 1/N.")
-@click.option("--cosine/--dot", "normalize", default=True, show_default=True,
-              help="Per-checkpoint cosine (recommended: gradient norms differ a lot between checkpoints) or dot.")
+@similarity_option
 @click.option("--precondition", is_flag=True, help="Precondition each checkpoint with (GᵀG/N + λI)⁻¹.")
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
 @click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1), help="Results per query.")
@@ -31,9 +30,11 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @capture_options
 @data_field_options
 @target_field_option
+@text_report_options
 @one_line_errors
 def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normalize, precondition, damping, top_k,
-        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field, **kwargs):
+        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field, with_text,
+        with_html, **kwargs):
     """Debias-and-Denoise attribution over checkpoints, end to end."""
     from pathlib import Path
 
@@ -46,7 +47,12 @@ def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normal
         normalize=normalize, precondition=precondition, damping=damping, k=top_k, projection=projection,
         seed=seed, fmt=fmt, modules=list(modules) or None, batch_size=batch_size, max_length=max_length,
         resume=not no_resume, progress=not quiet, device=device, fields=fields_of(kwargs),
-        target_field=target_field)
+        target_field=target_field, text=with_text)
+    wrote = str(Path(out) / "results.jsonl")
+    if with_html:
+        html = result.write_html(Path(out) / "report.html", title=f"fasttda dda: top {result.values.shape[1]} per query",
+                                 meta={"mode": mode, "β": beta, "similarity": "cosine" if normalize else "dot"})
+        wrote += f" and {html}"
     click.echo(f"ranked {len(result.train_ids)} training examples for {len(result.query_ids)} queries "
-               f"({mode}, β={beta}); top {result.values.shape[1]} in {Path(out) / 'results.jsonl'} "
+               f"({mode}, β={beta}); top {result.values.shape[1]} in {wrote} "
                f"(index {result.index_s:.1f} s, score {result.score_s:.1f} s)")

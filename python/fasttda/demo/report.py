@@ -1,4 +1,4 @@
-"""The demo's outputs: report.json, report.md (the table) and roc.png."""
+"""The demo's outputs: report.json, report.md (the table), roc.png and roc.json (the curves)."""
 from __future__ import annotations
 
 import json
@@ -13,10 +13,14 @@ def write(out: Path, methods: dict, pairs: dict, config: dict, curves: dict[str,
           notes: list[str]) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = {"methods": methods, "pairs": pairs, "config": config}
-    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "roc.png"}
+    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "roc.png",
+             "curves": out / "roc.json"}
     paths["json"].write_text(json.dumps(report, indent=2))
     paths["md"].write_text(markdown(report, notes))
-    plot_roc(curves, methods, paths["png"])
+    paths["curves"].write_text(json.dumps({"fpr": FPR_GRID.tolist(),
+                                           "tpr": {n: np.asarray(c).tolist() for n, c in curves.items()}}))
+    plot_roc(curves, {n: m["auc"] for n, m in methods.items()}, paths["png"],
+             title=f"Tracing hallucinations to swapped training examples (seed {config['seed']})")
     return paths
 
 
@@ -67,27 +71,54 @@ def markdown(report: dict, notes: list[str]) -> str:
             f"{fit[c]['swap_token_loss']:.2f} / {fit[c]['response_loss']:.2f}" if c in fit else "-"
             for c in (f"ckpt{i}" for i in range(cfg["epochs"] + 1))) + " |")
     lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
-    lines += ["", f"Timings in seconds on this machine; capture/store/scoring: {cfg['implementation']}.", ""]
+    lines += ["", f"Timings in seconds on this machine; capture/store/scoring: {cfg['implementation']}."]
+    if cfg.get("phases_s"):
+        lines.append("Where the time went: " + ", ".join(f"{k} {v:.1f} s" for k, v in cfg["phases_s"].items()) +
+                     f"; {cfg['total_s']:.0f} s in all.")
+    lines.append("")
     return "\n".join(lines)
 
 
-def plot_roc(curves: dict[str, np.ndarray], methods: dict, path: Path) -> None:
+# Colours (Okabe-Ito, then tab10's darker ones) and dash patterns, paired so that no two
+# methods share both; the legend is ordered by AUC, the best first.
+_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000", "#8c564b",
+            "#7f7f7f", "#bcbd22", "#9467bd"]
+_DASHES = ["-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1))]
+
+
+def line_styles(names) -> dict[str, tuple[str, object]]:
+    """A (colour, line style) per method, fixed by the method's position in ``names``, so a
+    method looks the same in every plot of a run; unique for up to 55 methods."""
+    styles = {}
+    for i, name in enumerate(names):
+        colour = _COLOURS[i % len(_COLOURS)]
+        dash = _DASHES[(i // len(_COLOURS) + i) % len(_DASHES)]
+        styles[name] = (colour, dash)
+    return styles
+
+
+def plot_roc(curves: dict[str, np.ndarray], aucs: dict[str, float], path: Path,
+             title: str = "Tracing hallucinations to swapped training examples") -> None:
+    """Mean ROC curve per method; the legend lists methods by AUC, highest first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 5.6))
-    colors = plt.get_cmap("tab20").colors
-    for i, (name, tpr) in enumerate(curves.items()):
-        style = "-" if name in ("dda", "denoise", "debias") else "--"
-        ax.plot(FPR_GRID, tpr, style, color=colors[i % len(colors)], linewidth=1.4,
-                label=f"{name} (AUC {methods[name]['auc']:.3f})")
-    ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
+    styles = line_styles(list(curves))
+    fig, ax = plt.subplots(figsize=(7.2, 6.0))
+    for name in sorted(curves, key=lambda n: -aucs[n]):
+        colour, dash = styles[name]
+        ax.plot(FPR_GRID, curves[name], linestyle=dash, color=colour, linewidth=1.8,
+                label=f"{name} (AUC {aucs[name]:.3f})")
+    ax.plot([0, 1], [0, 1], color="#bbbbbb", linewidth=0.8, linestyle=(0, (1, 3)), label="chance (0.500)")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("Tracing hallucinations to swapped training examples")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.grid(alpha=0.25)
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right", handlelength=3.2, title="by ROC-AUC", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

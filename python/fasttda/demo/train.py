@@ -26,14 +26,13 @@ def _train(model, rows: Sequence[tuple[list[int], list[int]]], pad: int, *, epoc
     steps_per_epoch = -(-len(rows) // batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.98))
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, max(1, steps_per_epoch // 4), floor=0.1)
-    from tqdm.auto import tqdm
+    from fasttda.progress import bar as progress_bar
 
     epoch_lrs = []
     model.train()
     for epoch in range(epochs):
         order = torch.randperm(len(rows), generator=gen).tolist()
-        lrs, bar = [], tqdm(total=len(rows), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="ex",
-                            disable=not progress, leave=False, dynamic_ncols=True)
+        lrs, bar = [], progress_bar(len(rows), f"{desc} epoch {epoch + 1}/{epochs}", enabled=progress)
         for lo in range(0, len(rows), batch_size):
             batch = collate([rows[i] for i in order[lo: lo + batch_size]], pad)
             loss = model(**batch).loss

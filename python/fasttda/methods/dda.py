@@ -73,12 +73,15 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               projection: str = pipeline.DEFAULT_PROJECTION, seed: int = 0, fmt: str = "fp32",
               modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
-              fields: dict | None = None, target_field: str | None = "target") -> pipeline.Attribution:
+              fields: dict | None = None, target_field: str | None = "target",
+              text: bool = True) -> pipeline.Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take
     the queries' features there, score in one pass and write ``out/results.jsonl``.
 
     A query line carrying ``target_field`` is attributed for that span of its response
-    only (its loss is taken on the span's tokens); the training data ignores that field."""
+    only (its loss is taken on the span's tokens); the training data ignores that field.
+    Each results line carries the query's text and, unless ``text=False``, each training
+    example's prompt and response."""
     fields = fields or {}
     train = data if not isinstance(data, (str, os.PathLike)) else load_jsonl(data, **fields)
     qs = queries if not isinstance(queries, (str, os.PathLike)) else \
@@ -101,16 +104,16 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
                                progress=progress)
         index_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_feats.append(pipeline.query_features(ckpt, qs, config))
+        q_feats.append(pipeline.query_features(ckpt, qs, config, progress=progress))
         score_prep += time.perf_counter() - t0
         stores.append(store)
     t0 = time.perf_counter()
     pre = [pipeline.fit_preconditioner(s, damping) for s in stores] if precondition else None
     values, indices = pipeline.score_stores(q_feats, stores, [w for _, w in plan], k=k, normalize=normalize,
-                                            preconditioners=pre)
+                                            preconditioners=pre, progress=progress)
     result = pipeline.Attribution([q.id for q in qs], values, indices, [ex.id for ex in train], index_s,
-                                  score_prep + time.perf_counter() - t0)
-    result.write_jsonl(out / "results.jsonl")
+                                  score_prep + time.perf_counter() - t0, queries=qs, train=train)
+    result.write_jsonl(out / "results.jsonl", text=text)
     (out / "config.json").write_text(json.dumps({
         "mode": mode, "beta": beta, "lr": lr, "normalize": normalize, "precondition": precondition,
         "damping": damping, "k": k, "projection": str(config.projection), "seed": seed, "format": fmt,

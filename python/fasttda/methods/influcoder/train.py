@@ -1,0 +1,133 @@
+"""Distil the teacher's Y into the student, block by block.
+
+Each micro-step samples ``anchors_per_step`` anchors and ``candidates_per_step`` pool
+candidates (a ``hard_fraction`` of them among those anchors' teacher top candidates, the
+rest uniform), embeds the k + m texts in one forward pass, and takes `influcoder_loss` of
+the ``[k, m]`` block against Y; gradients accumulate over ``accumulation`` micro-steps per
+optimizer step. AdamW, linear warm-up then linear decay, gradient clipping: the paper's
+defaults, all configurable.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from fasttda.methods.influcoder.loss import DEFAULT_ALPHA, DEFAULT_TAU, influcoder_loss
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100                # optimizer steps
+    anchors_per_step: int = 12
+    candidates_per_step: int = 15
+    accumulation: int = 4
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup: float = 0.1             # fraction of the steps
+    clip: float = 1.0
+    alpha: float = DEFAULT_ALPHA
+    tau: float = DEFAULT_TAU
+    hard_fraction: float = 0.5
+    hard_top: int = 32              # hard candidates come from each anchor's teacher top-`hard_top`
+    freeze_embeddings: bool = True  # keep the token embeddings fixed (most of a small encoder's weights)
+    seed: int = 0
+
+    def check(self, n_anchors: int, n_pool: int) -> None:
+        for name in ("steps", "anchors_per_step", "candidates_per_step", "accumulation", "hard_top"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        for name, lo, hi in (("warmup", 0, 1), ("hard_fraction", 0, 1), ("alpha", 0, 1)):
+            if not lo <= getattr(self, name) <= hi:
+                raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        for name in ("lr", "tau", "clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if n_anchors < 1 or n_pool < 2:
+            raise ValueError(f"training needs at least 1 anchor and 2 pool examples, got {n_anchors} and {n_pool}")
+
+
+def linear_schedule(optimizer, total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class BlockSampler:
+    """Anchor rows and candidate columns of Y for one micro-step."""
+
+    def __init__(self, y: torch.Tensor, config: TrainConfig):
+        self.y, self.config = y, config
+        self.gen = torch.Generator().manual_seed(config.seed)
+        top = min(config.hard_top, y.shape[1])
+        self.top = torch.topk(y, top, dim=1).indices
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        c, (n_a, n_p) = self.config, self.y.shape
+        anchors = torch.randperm(n_a, generator=self.gen)[:c.anchors_per_step]
+        m = min(c.candidates_per_step, n_p)
+        n_hard = int(round(c.hard_fraction * m))
+        picks = torch.randint(0, self.top.shape[1], (n_hard,), generator=self.gen)
+        hard = self.top[anchors[torch.arange(n_hard) % len(anchors)], picks]
+        chosen = list(dict.fromkeys(hard.tolist()))
+        for j in torch.randperm(n_p, generator=self.gen).tolist():
+            if len(chosen) >= m:
+                break
+            if j not in chosen:
+                chosen.append(j)
+        return anchors, torch.tensor(chosen[:m])
+
+
+def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: torch.Tensor,
+          config: TrainConfig | None = None, *, progress: bool = False, log=None) -> dict:
+    """Fine-tune ``student`` in place on Y ``[len(anchor_texts), len(pool_texts)]``;
+    returns the history (per-step loss, seconds)."""
+    config = config or TrainConfig()
+    if tuple(y.shape) != (len(anchor_texts), len(pool_texts)):
+        raise ValueError(f"y is {list(y.shape)} but there are {len(anchor_texts)} anchors and "
+                         f"{len(pool_texts)} pool texts")
+    config.check(len(anchor_texts), len(pool_texts))
+    torch.manual_seed(config.seed)
+    sampler = BlockSampler(y.to(torch.float32), config)
+    if config.freeze_embeddings:
+        student.encoder.get_input_embeddings().requires_grad_(False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    scheduler = linear_schedule(optimizer, config.steps, max(1, math.ceil(config.warmup * config.steps)))
+    from tqdm.auto import tqdm
+
+    losses, t0 = [], time.perf_counter()
+    student.train()
+    with tqdm(total=config.steps, desc="train influcoder", unit="step", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        for step in range(config.steps):
+            optimizer.zero_grad(set_to_none=True)
+            total = 0.0
+            for _ in range(config.accumulation):
+                a, c = sampler.sample()
+                emb = student.embed([anchor_texts[i] for i in a] + [pool_texts[j] for j in c])
+                s = emb[:len(a)] @ emb[len(a):].T
+                loss = influcoder_loss(s, y[a][:, c], alpha=config.alpha, tau=config.tau)
+                (loss / config.accumulation).backward()
+                total += float(loss.detach()) / config.accumulation
+            torch.nn.utils.clip_grad_norm_(params, config.clip)
+            optimizer.step()
+            scheduler.step()
+            losses.append(total)
+            bar.update(1)
+            bar.set_postfix(loss=f"{total:.3f}")
+            if log is not None and (step + 1) % max(1, config.steps // 5) == 0:
+                log(f"step {step + 1}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
+    student.eval()
+    return {"loss": losses, "seconds": time.perf_counter() - t0, "steps": config.steps}
