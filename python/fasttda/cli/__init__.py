@@ -21,6 +21,7 @@ SUBCOMMANDS = {
                    "Influcoder: distil gradient similarities into a text encoder (teacher, train, encode, eval, demo)."),
     "store": ("fasttda.cli.store", "store", "Inspect and verify feature stores (info, verify)."),
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
+    "kernels": ("fasttda.cli.kernels", "kernels", "Compile every Triton kernel for sm_90a/sm_80 (no GPU needed)."),
 }
 
 
