@@ -1,5 +1,9 @@
 """Triton twins of `fasttda.ops._counter_hash`: the same words, bit for bit.
 
+Scalars (keys, ``out_dim``) go through ``tl.cast``, not ``.to``: Triton turns an int
+argument equal to 1 into a constexpr, which has no ``.to``. Keys arrive as int32 with the
+key's bits (`_launch.as_i32`); the cast to uint32 keeps the bits.
+
 All hash arithmetic is uint32 (wrapping multiply, logical shifts). Row indices are int64
 so offsets past 2**32 (whole-model gradients) stay exact. Every projection kernel builds
 its tiles of P from these helpers; tests compare them against the reference bitwise.
@@ -23,30 +27,19 @@ def row_keys(i, k_row):
     """row_key for int64 input coordinates ``i`` (any shape)."""
     hi = (i >> 32).to(tl.uint32)
     lo = (i & 0xFFFFFFFF).to(tl.uint32)
-    return mix(mix(hi ^ k_row.to(tl.uint32)) ^ lo)
+    return mix(mix(hi ^ tl.cast(k_row, tl.uint32)) ^ lo)
 
 
 @triton.jit
 def col_keys(c, k_col):
     """col_key for int32/int64 column counters ``c`` (any shape)."""
-    return mix(c.to(tl.uint32) ^ k_col.to(tl.uint32))
+    return mix(tl.cast(c, tl.uint32) ^ tl.cast(k_col, tl.uint32))
 
 
 @triton.jit
 def words(rk, ck):
     """word(i, c) from broadcastable row and column keys."""
     return mix(rk + ck)
-
-
-@triton.jit
-def rademacher_tile(rk, cols, k_col):
-    """Unscaled ±1 float32 tile ``[R, C]`` from row keys ``rk`` ``[R]`` and columns ``cols`` ``[C]``.
-
-    One hash word serves 32 consecutive columns; columns past out_dim are the caller's to mask.
-    """
-    w = words(rk[:, None], col_keys(cols >> 5, k_col)[None, :])
-    bit = (w >> (cols & 31).to(tl.uint32)[None, :]) & 1
-    return 1.0 - 2.0 * bit.to(tl.float32)
 
 
 @triton.jit
@@ -81,6 +74,6 @@ def rademacher_tile_packed(rk, word_start, N_WORDS: tl.constexpr, k_col):
 def sjlt_targets(rk, r, k_col, out_dim):
     """Bucket (int32) and sign (float32) of replica ``r`` for row keys ``rk``."""
     h = words(rk, col_keys(tl.cast(r, tl.uint32), k_col))
-    bucket = ((h >> 1) % out_dim.to(tl.uint32)).to(tl.int32)
+    bucket = ((h >> 1) % tl.cast(out_dim, tl.uint32)).to(tl.int32)
     sign = 1.0 - 2.0 * (h & 1).to(tl.float32)
     return bucket, sign

@@ -10,21 +10,18 @@ Bitwise equality with the PyTorch reference, on the interpreter and on any GPU:
   interpreter, whose bf16 cast truncates, gives the same bits;
 * round-half-even to int uses the 1.5·2²³ trick; the GPU launch passes
   ``enable_fp_fusion=False`` so no FMA contraction can fold an addition into a product;
-* ``scale = absmax / qmax`` and ``x / scale`` are IEEE float32 divisions, as in torch.
+* ``scale = absmax / qmax`` and ``x / scale`` are IEEE float32 divisions (``tl.div_rn``;
+  Triton's ``/`` on float32 compiles to the inexact ``div.full.f32``), as in torch.
 """
 import torch
 import triton
 import triton.language as tl
 
-# The format table lives in fasttda.ops.quantize; kernels import nothing from ops (arrows
-# point down), so the three numbers the kernels need are restated here and a test pins them.
-FP8 = getattr(torch, "float8_e4m3fn", None)
-SCALED_QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
-FMT_CODE = {"fp32": 0, "bf16": 1, "fp16": 2, "int8": 3, "fp8_e4m3": 4, "int4": 5}
-# what the kernels store / load: bit patterns for bf16 and fp8, viewed back in the launcher
-RAW_DTYPE = {"fp32": torch.float32, "bf16": torch.int16, "fp16": torch.float16, "int8": torch.int8,
-             "fp8_e4m3": torch.uint8, "int4": torch.uint8}
-MAGIC_RNE = 12582912.0  # 1.5 * 2**23: (y + M) - M rounds |y| < 2**22 half to even
+from fasttda.formats import FMT_CODE, FP8, RAW_DTYPE, SCALED_QMAX, stored_width  # noqa: F401 (re-exported)
+from fasttda.kernels._launch import interpreted, launch
+
+# A global read inside @triton.jit must be a tl.constexpr (a plain float fails to compile).
+MAGIC_RNE = tl.constexpr(12582912.0)  # 1.5 * 2**23: (y + M) - M rounds |y| < 2**22 half to even
 
 
 @triton.jit
@@ -99,6 +96,12 @@ def encode_scaled(y, FMT: tl.constexpr, QMAX: tl.constexpr):
 @triton.jit
 def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
                      FMT: tl.constexpr, QMAX: tl.constexpr, BLOCK: tl.constexpr):
+    """One row per program: absmax, scale, encode. Precision: no products; bitwise equal to
+    the reference. Division: IEEE round-to-nearest (``tl.div_rn``) for the scale and x / scale;
+    launched with ``enable_fp_fusion=False``.
+
+    Numerics: dot=none; div=rn.
+    """
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_n
     out_row = out_ptr + row * W
@@ -113,7 +116,7 @@ def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
             c = c0 + tl.arange(0, BLOCK)
             x = tl.load(x_row + c * stride_d, mask=c < D, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.max(amax, axis=0) / QMAX
+        scale = tl.div_rn(tl.max(amax, axis=0), QMAX)
         safe = tl.where(scale > 0, scale, 1.0)
         tl.store(scale_ptr + row, scale)
         if FMT == 5:
@@ -121,20 +124,25 @@ def _quantize_kernel(x_ptr, out_ptr, scale_ptr, D, W, stride_n, stride_d,
                 j = j0 + tl.arange(0, BLOCK)
                 lo = tl.load(x_row + (2 * j) * stride_d, mask=2 * j < D, other=0.0).to(tl.float32)
                 hi = tl.load(x_row + (2 * j + 1) * stride_d, mask=2 * j + 1 < D, other=0.0).to(tl.float32)
-                q_lo = quantize_levels(lo / safe, QMAX)
-                q_hi = quantize_levels(hi / safe, QMAX)
+                q_lo = quantize_levels(tl.div_rn(lo, safe), QMAX)
+                q_hi = quantize_levels(tl.div_rn(hi, safe), QMAX)
                 packed = (q_lo + 8.0).to(tl.int32) | ((q_hi + 8.0).to(tl.int32) << 4)
                 tl.store(out_row + j, packed.to(tl.uint8), mask=j < W)
         else:
             for c0 in range(0, D, BLOCK):
                 c = c0 + tl.arange(0, BLOCK)
                 x = tl.load(x_row + c * stride_d, mask=c < D, other=0.0).to(tl.float32)
-                tl.store(out_row + c, encode_scaled(x / safe, FMT, QMAX), mask=c < D)
+                tl.store(out_row + c, encode_scaled(tl.div_rn(x, safe), FMT, QMAX), mask=c < D)
 
 
 @triton.jit
 def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, D, stride_n, stride_w,
                        FMT: tl.constexpr, BLOCK: tl.constexpr):
+    """``[row, column tile]`` programs decode stored values times the row scale.
+    Precision: one float32 product per value (exact decode). Division: none.
+
+    Numerics: dot=none; div=none.
+    """
     row = tl.program_id(0).to(tl.int64)
     c = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = c < D
@@ -157,7 +165,7 @@ def _dequantize_kernel(data_ptr, scale_ptr, out_ptr, D, stride_n, stride_w,
 
 def _options(device: torch.device) -> dict:
     # No FMA contraction on the GPU: every product is rounded to float32 first, as in torch.
-    return {} if device.type == "cpu" else {"enable_fp_fusion": False}
+    return {} if interpreted(device) else {"enable_fp_fusion": False}
 
 
 def launch_quantize(x: torch.Tensor, fmt: str):
@@ -166,10 +174,10 @@ def launch_quantize(x: torch.Tensor, fmt: str):
     raw = torch.empty(N, W, dtype=RAW_DTYPE[fmt], device=x.device)
     scale = torch.empty(N, dtype=torch.float32, device=x.device) if fmt in SCALED_QMAX else None
     if N and D:
-        block = 256 if x.device.type == "cpu" else 1024
-        _quantize_kernel[(N,)](x, raw, raw if scale is None else scale, D, W, x.stride(0), x.stride(1),
-                               FMT=FMT_CODE[fmt], QMAX=SCALED_QMAX.get(fmt, 1.0),
-                               BLOCK=min(block, triton.next_power_of_2(max(W, 16))), **_options(x.device))
+        block = 256 if interpreted(x.device) else 1024
+        launch(_quantize_kernel, (N,), x, raw, raw if scale is None else scale, D, W, x.stride(0), x.stride(1),
+               FMT=FMT_CODE[fmt], QMAX=SCALED_QMAX.get(fmt, 1.0),
+               BLOCK=min(block, triton.next_power_of_2(max(W, 16))), **_options(x.device))
     elif scale is not None:
         scale.zero_()
     return _view_stored(raw, fmt), scale
@@ -180,16 +188,12 @@ def launch_dequantize(data: torch.Tensor, scale, fmt: str, dim: int):
     raw = data.view(RAW_DTYPE[fmt]) if data.dtype != RAW_DTYPE[fmt] else data
     out = torch.empty(N, dim, dtype=torch.float32, device=data.device)
     if N and dim:
-        block = 256 if data.device.type == "cpu" else 1024
+        block = 256 if interpreted(data.device) else 1024
         block = min(block, triton.next_power_of_2(max(dim, 16)))
         scale_arg = scale.to(torch.float32).contiguous() if scale is not None else out
-        _dequantize_kernel[(N, triton.cdiv(dim, block))](raw, scale_arg, out, dim, raw.stride(0), raw.stride(1),
-                                                          FMT=FMT_CODE[fmt], BLOCK=block, **_options(data.device))
+        launch(_dequantize_kernel, (N, triton.cdiv(dim, block)), raw, scale_arg, out, dim, raw.stride(0),
+               raw.stride(1), FMT=FMT_CODE[fmt], BLOCK=block, **_options(data.device))
     return out
-
-
-def stored_width(fmt: str, dim: int) -> int:
-    return (dim + 1) // 2 if fmt == "int4" else dim
 
 
 def _view_stored(raw: torch.Tensor, fmt: str) -> torch.Tensor:

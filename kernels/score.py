@@ -23,12 +23,12 @@ import triton
 import triton.language as tl
 import torch
 
-from fasttda._dispatch import triton_interpreted
-from fasttda.ops.score import chunk_rows, chunk_topk_keys, merge_topk, unpack_keys
+from fasttda.formats import FMT_CODE
+from fasttda.kernels._launch import interpreted, launch, multiprocessor_count, triton_interpreted
+from fasttda.topk import chunk_rows, chunk_topk_keys, merge_topk, unpack_keys
 
-FMT_CODES = {"fp32": 0, "bf16": 0, "fp16": 0, "int8": 0, "fp8_e4m3": 1, "int4": 2}
 MAX_KERNEL_K = 256
-INT64_MIN = -9223372036854775808
+INT64_MIN = tl.constexpr(-9223372036854775808)  # a global read in @triton.jit must be a constexpr
 # Under TRITON_INTERPRET=1, merge by repeated max instead of tl.topk (see
 # `_merge_by_extraction`); tests set this to run the GPU's sort-network merge too.
 SORT_NETWORK_IN_INTERPRETER = False
@@ -38,11 +38,11 @@ SORT_NETWORK_IN_INTERPRETER = False
 def _load_rows_t(rows_ptr, row_stride, offs_n, offs_d, mask, FMT: tl.constexpr):
     """A ``[BLOCK_D, BLOCK_N]`` tile of rows (transposed), as unscaled float32."""
     row_offsets = offs_n.to(tl.int64)[None, :] * row_stride  # N × stride may pass 2**31
-    if FMT == 2:  # int4: column d is nibble d % 2 of byte d // 2, stored as q + 8
+    if FMT == 5:  # int4: column d is nibble d % 2 of byte d // 2, stored as q + 8
         ptrs = rows_ptr + row_offsets + (offs_d[:, None] // 2)
         byte = tl.load(ptrs, mask=mask, other=0).to(tl.int32)
         vals = ((byte >> ((offs_d[:, None] & 1) * 4)) & 0xF).to(tl.float32) - 8.0
-    elif FMT == 1:  # fp8 has no 0 to pad with in every Triton version: mask afterwards
+    elif FMT == 4:  # fp8 has no 0 to pad with in every Triton version: mask afterwards
         ptrs = rows_ptr + row_offsets + offs_d[:, None]
         vals = tl.load(ptrs, mask=mask).to(tl.float32)
     else:
@@ -75,6 +75,16 @@ def _score_kernel(
     FMTS: tl.constexpr, HAS_FACTOR: tl.constexpr, TOPK: tl.constexpr, K_PAD: tl.constexpr, SORT_MERGE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """Scores of a ``[BLOCK_Q]`` query block against a slice of rows, summed over the C stores;
+    either a running top-k of packed keys (``TOPK``) or the dense tile.
+
+    Precision: ``tl.dot(..., input_precision="ieee")``: float32 FMA, no tensor cores, so the
+    GPU sums exactly the float32 products the reference sums (in another order); integer-valued
+    inputs give bitwise the reference's scores. Division: none (the launcher folds 1/‖r‖ into
+    the per-row factor).
+
+    Numerics: dot=ieee; div=none.
+    """
     pid_q = tl.program_id(0)
     pid_s = tl.program_id(1)
     offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -126,13 +136,15 @@ def _score_kernel(
 
 
 def _programs_target(device: torch.device) -> int:
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 1  # the interpreter runs programs one after another
+    # 4 programs per SM on a GPU; the interpreter (0 SMs) runs programs one after another
+    return max(1, 4 * multiprocessor_count(device))
 
 
 def _blocks(n_queries: int, dim: int, k_pad: int = 0):
-    block_q = 16 if n_queries <= 16 else 32
+    # The running top-k holds [BLOCK_Q, K_PAD] int64 keys plus a tile's [BLOCK_Q, BLOCK_N]
+    # in registers: past K_PAD = 64, 16 queries per program on 8 warps keep it out of local
+    # memory (the compile check limits spills).
+    block_q = 16 if n_queries <= 16 or k_pad > 64 else 32
     block_n = max(64, k_pad)
     block_d = 32 if dim <= 32 else 64
     return block_q, block_n, block_d
@@ -155,12 +167,15 @@ def _launch(queries, rows, factors, fmts, out, n_lo, n_hi, k_pad, plan):
     n_q = queries[0].shape[0]
     empty = torch.empty(0, dtype=torch.float32, device=out.device)
     grid = (triton.cdiv(n_q, block_q), splits)
-    _score_kernel[grid](
+    launch(
+        _score_kernel, grid,
         tuple(queries), tuple(r[n_lo:n_hi] for r in rows), tuple(r.stride(0) for r in rows),
         tuple(empty if f is None else f[n_lo:n_hi] for f in factors), tuple(q.shape[1] for q in queries),
         out, out.stride(0), n_q, n_hi - n_lo, per_program,
-        FMTS=tuple(FMT_CODES[f] for f in fmts), HAS_FACTOR=tuple(f is not None for f in factors),
-        TOPK=k_pad > 0, K_PAD=max(k_pad, 1), SORT_MERGE=SORT_NETWORK_IN_INTERPRETER or not triton_interpreted(), BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        FMTS=tuple(FMT_CODE[f] for f in fmts), HAS_FACTOR=tuple(f is not None for f in factors),
+        TOPK=k_pad > 0, K_PAD=max(k_pad, 1), SORT_MERGE=SORT_NETWORK_IN_INTERPRETER or not triton_interpreted(),
+        BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
+        **({} if interpreted(out.device) else {"num_warps": 8 if k_pad > 64 else 4}),
     )
 
 

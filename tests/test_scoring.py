@@ -174,9 +174,9 @@ def rss_kib(field):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc peak-RSS reset")
 def test_peak_memory_is_bounded_by_chunk_not_store(gen, monkeypatch):
     """A 256 MiB store scored in 1 MiB chunks: peak RSS grows by far less than the store."""
-    from fasttda.ops import score as score_mod
+    from fasttda import topk as topk_mod
 
-    monkeypatch.setattr(score_mod, "SCORE_BUFFER_BYTES", 1 << 20)
+    monkeypatch.setattr(topk_mod, "SCORE_BUFFER_BYTES", 1 << 20)
     n, dim, chunk = 262_144, 1024, 1024
     store = GeneratedStore(n, dim, int(torch.randint(0, 2**30, (1,), generator=gen)), chunk)
     q = torch.randn(8, dim, generator=gen)

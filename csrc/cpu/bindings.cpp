@@ -11,9 +11,20 @@ std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>&
 at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::vector<at::Tensor>& rows,
                            const std::vector<c10::optional<at::Tensor>>& factors,
                            const std::vector<std::string>& fmts, at::Tensor out);
+at::Tensor project_cpu(const at::Tensor& x, int64_t out_dim, const std::string& kind, int64_t k_row, int64_t k_col,
+                       int64_t offset, int64_t s);
+at::Tensor projection_matrix_cpu(int64_t in_dim, int64_t out_dim, const std::string& kind, int64_t k_row,
+                                 int64_t k_col, int64_t offset, int64_t s);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("score_topk", &score_topk_cpu,
         "Top-k scores of queries against stored rows, fused dequantization (see fasttda.ops.score)");
+  m.def("project", &project_cpu, "x @ P with the counter-hash P generated on the fly (see fasttda.ops.project)");
+  m.def("projection_matrix",
+        [](int64_t in_dim, int64_t out_dim, const std::string& kind, int64_t k_row, int64_t k_col, int64_t offset,
+           int64_t s, pybind11::object /*device: always the CPU here*/) {
+          return projection_matrix_cpu(in_dim, out_dim, kind, k_row, k_col, offset, s);
+        },
+        "Rows of the unscaled counter-hash P as float32 (see fasttda.ops.project.projection_matrix)");
   m.def("score_dense", &score_dense_cpu, "Dense scores of queries against stored rows into out");
 }

@@ -23,6 +23,7 @@ namespace {
 constexpr int64_t kBlockBytes = 1 << 20;         // float32 rows per block: about an L2
 constexpr int64_t kScoreBufferBytes = 32 << 20;  // one chunk of Q x rows float32 scores
 
+// Order = the codes of python/fasttda/formats.py (tests/test_formats.py checks it).
 enum class Fmt { fp32, bf16, fp16, int8, fp8, int4 };
 
 Fmt parse_fmt(const std::string& f) {

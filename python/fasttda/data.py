@@ -6,6 +6,13 @@ labels are ``-100`` over the prompt and the padding. A query may also name a ``t
 piece of its response to attribute ("why did the model say *China* here"); its loss is
 then taken only on the response tokens covering the first occurrence of that text.
 
+A query may also carry a ``reference``: the correct output for its prompt (the response
+being, say, a hallucination). A contrastive query's feature is g(response) − g(reference)
+(see `fasttda.pipeline.query_features`); the reference's loss is taken on its
+``reference_target`` span when the line names one (e.g. the true entity), else on the
+whole reference (the response's ``target`` text need not occur in the reference, so it is
+never reused there).
+
 Every problem with the input is a `DataError` (a ValueError) whose message is one line
 naming the file and the line number, so that the CLI can print it as it is.
 """
@@ -35,6 +42,16 @@ class Example:
     response: str
     # Text inside ``response`` whose tokens alone carry the loss (None: the whole response).
     target: str | None = None
+    # The correct output for ``prompt`` (contrastive queries), and the text inside it whose
+    # tokens alone carry the reference's loss (None: the whole reference).
+    reference: str | None = None
+    reference_target: str | None = None
+
+    def reference_example(self) -> "Example":
+        """The reference as an example of its own: same id and prompt, loss on its span."""
+        if self.reference is None:
+            raise DataError(f"query {self.id!r} carries no reference (needed for a contrastive query)")
+        return Example(self.id, self.prompt, self.reference, self.reference_target)
 
 
 def load_jsonl(
@@ -44,12 +61,16 @@ def load_jsonl(
     response_field: str = "response",
     id_field: str = "id",
     target_field: str | None = None,
+    reference_field: str | None = None,
+    reference_target_field: str | None = None,
 ) -> list[Example]:
     """Read ``path`` into `Example`s; a missing ``id`` becomes the row number (0-based).
 
     With ``target_field``, a line that carries that field restricts its loss to the first
     occurrence of the field's text in its response (a line without it keeps the whole
     response); text that does not occur in the response is an error naming the line.
+    With ``reference_field``, a line that carries it gets that correct output as its
+    ``reference`` (and its ``reference_target_field``, which must occur in the reference).
     """
     path = Path(path)
     if not path.is_file():
@@ -95,10 +116,42 @@ def load_jsonl(
                     raise DataError(f"{where}: field '{target_field}' must be a non-empty string")
                 if target not in fields[1]:
                     raise DataError(f"{where}: {target_field} {target!r} does not occur in field '{response_field}'")
-            examples.append(Example(example_id, fields[0], fields[1], target))
+            reference = _optional_text(record, reference_field, where)
+            reference_target = _optional_text(record, reference_target_field, where) if reference else None
+            if reference_target is not None and reference_target not in reference:
+                raise DataError(f"{where}: {reference_target_field} {reference_target!r} does not occur in field "
+                                f"'{reference_field}'")
+            examples.append(Example(example_id, fields[0], fields[1], target, reference, reference_target))
     if not examples:
         raise DataError(f"{path}: no examples (the file is empty)")
     return examples
+
+
+def contrast_references(queries: Sequence[Example]) -> list[Example]:
+    """The queries' references as examples; a `DataError` naming the first query without one."""
+    missing = [q.id for q in queries if q.reference is None]
+    if missing:
+        raise DataError(f"contrastive queries need a 'reference' on every query; {len(missing)} of {len(queries)} "
+                        f"have none (first: id {missing[0]!r})")
+    return [q.reference_example() for q in queries]
+
+
+def resolve_contrast(contrast: bool | None, queries: Sequence[Example]) -> bool:
+    """``None`` (automatic): contrastive exactly when the queries carry references; then
+    every query must carry one (checked here, before any work)."""
+    contrast = any(q.reference is not None for q in queries) if contrast is None else bool(contrast)
+    if contrast:
+        contrast_references(queries)
+    return contrast
+
+
+def _optional_text(record: dict, name: str | None, where: str) -> str | None:
+    if name is None or name not in record:
+        return None
+    value = record[name]
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{where}: field '{name}' must be a non-empty string")
+    return value
 
 
 def write_jsonl(path: str | os.PathLike, examples: Iterable[Example | dict]) -> Path:
@@ -107,8 +160,10 @@ def write_jsonl(path: str | os.PathLike, examples: Iterable[Example | dict]) -> 
     with path.open("w", encoding="utf-8") as handle:
         for ex in examples:
             record = ex if isinstance(ex, dict) else {"id": ex.id, "prompt": ex.prompt, "response": ex.response}
-            if isinstance(ex, Example) and ex.target is not None:
-                record["target"] = ex.target
+            if isinstance(ex, Example):
+                for name in ("target", "reference", "reference_target"):
+                    if getattr(ex, name) is not None:
+                        record[name] = getattr(ex, name)
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
 
@@ -122,6 +177,9 @@ def data_fingerprint(examples: Sequence[Example]) -> str:
             h.update(b"\x00")
         if ex.target is not None:  # only then, so fingerprints of untargeted data do not change
             h.update(b"\x01" + ex.target.encode("utf-8") + b"\x00")
+        for tag, text in ((b"\x02", ex.reference), (b"\x03", ex.reference_target)):
+            if text is not None:
+                h.update(tag + text.encode("utf-8") + b"\x00")
     return h.hexdigest()[:16]
 
 

@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from fasttda.ops.score import NOT_FINITE, pack_keys_at, score_topk, score_topk_deferred, unpack_keys
+from fasttda.ops.score import NOT_FINITE, score_topk, score_topk_deferred
+from fasttda.topk import merge_topk_indexed, pack_keys_at, unpack_keys
 from fasttda.precondition import as_preconditioner
 
 DEFAULT_CHUNK_ROWS = 65536
@@ -209,16 +210,13 @@ class _RunningTopK:
 
     def add(self, values, rows, chunk) -> None:
         keys = pack_keys_at(values, rows)
-        if self.keys is not None:
-            keys = torch.cat((self.keys, keys), dim=1)
-        top = torch.topk(keys, min(self.k, keys.shape[1]), dim=1)
+        self.keys, where = merge_topk_indexed(self.keys, keys, self.k)
         if self.lookup is None:
             chunk_ids = _chunk_ids(chunk)
             ids = rows.cpu().numpy() if chunk_ids is None else chunk_ids[(rows - chunk.start).cpu().numpy()]
             if self.ids is not None:
                 ids = np.concatenate((self.ids, ids), axis=1)
-            self.ids = np.take_along_axis(ids, top.indices.cpu().numpy(), axis=1)
-        self.keys = top.values
+            self.ids = np.take_along_axis(ids, where.cpu().numpy(), axis=1)
 
     def result(self, n_queries: int, device) -> TopK:
         if self.keys is None:  # a store with no rows

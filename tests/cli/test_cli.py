@@ -217,3 +217,31 @@ def test_query_target_field(files, tmp_path):
     bad = write_jsonl(tmp_path / "bad.jsonl", targeted)
     one_line_error(invoke("query", "--store", store, "--model", files["models"][-1], "--queries", bad),
                    "line 2", "'not-in-the-response' does not occur in field 'response'")
+
+
+def test_query_contrast(files, tmp_path):
+    """Queries carrying a 'reference' are contrastive by default: with --dot their scores are
+    the response's plain scores minus the reference's."""
+    store = tmp_path / "store"
+    assert index_store(files, store).exit_code == 0
+    rows, refs = make_rows(2, 3), make_rows(5, 3)
+    paths = {"contrast": write_jsonl(tmp_path / "c.jsonl", [dict(r, reference=f["response"])
+                                                              for r, f in zip(rows, refs)]),
+             "response": files["queries"],
+             "reference": write_jsonl(tmp_path / "r.jsonl", [dict(r, response=f["response"])
+                                                               for r, f in zip(rows, refs)])}
+    scores = {}
+    for name, extra in (("contrast", []), ("response", []), ("reference", []), ("off", ["--no-contrast"])):
+        out = tmp_path / f"{name}.jsonl"
+        result = invoke("query", "--store", store, "--model", files["models"][-1], "--queries",
+                        paths.get(name, paths["contrast"]), "--top-k", 13, "--dot", "--out", out, *extra)
+        assert result.exit_code == 0, result.output
+        scores[name] = [{x["id"]: x["score"] for x in json.loads(line)["results"]}
+                        for line in out.read_text().splitlines()]
+    assert scores["off"] == scores["response"]  # --no-contrast ignores the references
+    for q in range(3):
+        diff = {i: scores["response"][q][i] - scores["reference"][q][i] for i in scores["contrast"][q]}
+        scale = max(abs(v) for v in diff.values())
+        assert all(abs(scores["contrast"][q][i] - diff[i]) <= 1e-4 * scale for i in diff)
+    one_line_error(invoke("query", "--store", store, "--model", files["models"][-1], "--queries",
+                          files["queries"], "--contrast"), "contrastive queries need a 'reference'")

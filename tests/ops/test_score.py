@@ -5,6 +5,7 @@ import torch
 import helpers
 from helpers import needs_triton, triton_device
 
+from fasttda import topk as topk_mod
 from fasttda.ops import score as score_mod
 from fasttda.ops.quantize import FORMATS, dequantize, quantize
 from fasttda.ops.score import score_dense, score_topk
@@ -140,8 +141,8 @@ def test_chunked_reference_equals_one_chunk(gen, monkeypatch):
     q = torch.randn(4, 45, generator=gen)
     data, scale = quantize(torch.randn(1000, 45, generator=gen), "int8")
     whole = score_topk(q, data, k=25, scales=scale, backend="reference")
-    monkeypatch.setattr(score_mod, "SCORE_BUFFER_BYTES", 4 * 4 * 160)  # chunks of 160 rows
-    monkeypatch.setattr(score_mod, "BLOCK_BYTES", 4 * 45 * 16)  # blocks of 16 rows
+    monkeypatch.setattr(topk_mod, "SCORE_BUFFER_BYTES", 4 * 4 * 160)  # chunks of 160 rows
+    monkeypatch.setattr(topk_mod, "BLOCK_BYTES", 4 * 45 * 16)  # blocks of 16 rows
     assert score_mod.chunk_rows(4, 45) == 160
     chunked = score_topk(q, data, k=25, scales=scale, backend="reference")
     assert_same_ranking(whole, chunked)

@@ -25,6 +25,7 @@ SUBCOMMANDS = {
                "Convert a TRAK, Bergson, LESS or dattri-llm index into a feature store."),
     "less-select": ("fasttda.cli.less_select", "less_select",
                     "LESS data selection over stores: subtask mean, max, top rows; streamed."),
+    "kernels": ("fasttda.cli.kernels", "kernels", "Compile every Triton kernel for sm_90a/sm_80 (no GPU needed)."),
 }
 
 

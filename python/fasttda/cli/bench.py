@@ -37,7 +37,9 @@ def _parse_suites(values: tuple[str, ...]) -> list[str]:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="fasttda-bench", show_default=True,
               help="Directory for the JSON result and the per-suite PNG plots.")
 @click.option("--plots/--no-plots", default=True, show_default=True, help="Draw one PNG per suite (matplotlib).")
-def bench(suites, quick, device, out_dir, plots):
+@click.option("--busy", is_flag=True,
+              help="Keep every core busy with a second process (a torch matmul loop) while timing: ratios under load.")
+def bench(suites, quick, device, out_dir, plots, busy):
     """Benchmark every op against every installed anchor, side by side in one run.
 
     Writes <out>/<device>-<date>.json (machine, versions, git commit, every case with its
@@ -55,10 +57,13 @@ def bench(suites, quick, device, out_dir, plots):
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     from fasttda import _extension
+    from fasttda.bench.busy import busy_cores
 
     # build (or load the cached build of) the compiled kernels now, so no suite's timing pays for it
     _extension.prepare(["cpu"] + (["cuda"] if device == "cuda" else []), log=lambda m: click.echo(m, err=True))
-    report = harness.run_suites(names, ctx, {name: _suite_module(name) for name in names})
+    with busy_cores(busy):
+        report = harness.run_suites(names, ctx, {name: _suite_module(name) for name in names})
+    report["config"]["busy"] = bool(busy)
     path = harness.write_report(report, out_dir)
     click.echo(f"wrote {path}")
     if plots:

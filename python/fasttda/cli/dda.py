@@ -25,6 +25,10 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
 @click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1), help="Results per query.")
 @click.option("--no-resume", is_flag=True, help="Fail instead of reusing or finishing existing stores in --out.")
+@click.option("--contrast/--no-contrast", default=None,
+              help="Contrastive queries: g(response) − g(reference), from each query's 'reference' field (the "
+                   "correct output; its loss on the 'reference_target' span when given, else the whole "
+                   "reference). Default: on exactly when the queries carry references.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @projection_options
 @capture_options
@@ -33,8 +37,8 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @text_report_options
 @one_line_errors
 def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normalize, precondition, damping, top_k,
-        no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field, with_text,
-        with_html, **kwargs):
+        contrast, no_resume, quiet, projection, fmt, seed, modules, batch_size, max_length, device, target_field,
+        with_text, with_html, **kwargs):
     """Debias-and-Denoise attribution over checkpoints, end to end."""
     from pathlib import Path
 
@@ -47,12 +51,13 @@ def dda(base, checkpoints, data_path, queries_path, out, mode, beta, lrs, normal
         normalize=normalize, precondition=precondition, damping=damping, k=top_k, projection=projection,
         seed=seed, fmt=fmt, modules=list(modules) or None, batch_size=batch_size, max_length=max_length,
         resume=not no_resume, progress=not quiet, device=device, fields=fields_of(kwargs),
-        target_field=target_field, text=with_text)
+        target_field=target_field, text=with_text, contrast=contrast)
     wrote = str(Path(out) / "results.jsonl")
     if with_html:
         html = result.write_html(Path(out) / "report.html", title=f"fasttda dda: top {result.values.shape[1]} per query",
                                  meta={"mode": mode, "β": beta, "similarity": "cosine" if normalize else "dot"})
         wrote += f" and {html}"
     click.echo(f"ranked {len(result.train_ids)} training examples for {len(result.query_ids)} queries "
-               f"({mode}, β={beta}); top {result.values.shape[1]} in {wrote} "
+               f"({mode}, β={beta}{', contrastive' if result.contrast else ''}); "
+               f"top {result.values.shape[1]} in {wrote} "
                f"(index {result.index_s:.1f} s, score {result.score_s:.1f} s)")

@@ -28,6 +28,10 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @similarity_option
 @click.option("--precondition", is_flag=True, help="Precondition with (GᵀG/N + λI)⁻¹ fitted on each store.")
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
+@click.option("--contrast/--no-contrast", default=None,
+              help="Contrastive queries: g(response) − g(reference), from each query's 'reference' field (the "
+                   "correct output; its loss on the 'reference_target' span when given, else the whole "
+                   "reference). Default: on exactly when the queries carry references.")
 @click.option("--projection", default=None,
               help="Expected projection; an error if a store was built with another one.")
 @click.option("--prefilter", default=None,
@@ -42,14 +46,14 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
 def query(stores, weights, models, queries_path, top_k, out, data_path, normalize, precondition, damping,
-          projection, prefilter, candidates, batch_size, max_length, device, target_field, with_text, with_html,
-          quiet, **kwargs):
+          contrast, projection, prefilter, candidates, batch_size, max_length, device, target_field, with_text,
+          with_html, quiet, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda import distributed, pipeline
     from fasttda.capture import Projection
     from pathlib import Path
 
-    from fasttda.data import data_fingerprint, load_jsonl
+    from fasttda.data import data_fingerprint, load_jsonl, resolve_contrast
 
     rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
     if weights and len(weights) != len(stores):
@@ -61,7 +65,9 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
     weights = list(weights) or [1.0] * len(stores)
     model_of = list(models) * len(stores) if len(models) == 1 else list(models)
     fields = fields_of(kwargs)
-    queries = load_jsonl(queries_path, **fields, target_field=target_field)
+    queries = load_jsonl(queries_path, **fields, target_field=target_field, reference_field="reference",
+                         reference_target_field="reference_target")
+    contrast = resolve_contrast(contrast, queries)
     train = load_jsonl(data_path, **fields) if data_path and (with_text or with_html) else None
     pipeline.check_same_tokenizer(sorted(set(model_of), key=model_of.index))
     expected = Projection.parse(projection) if projection is not None else None
@@ -76,7 +82,8 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
             loaded[model_dir] = pipeline.load_checkpoint(model_dir, device=device)
         pipeline.check_store(store, path, checkpoint=loaded[model_dir],
                              data=data_fingerprint(train) if train is not None else None)
-        feats.append(distributed.query_features(loaded[model_dir], queries, config, progress=not quiet))
+        feats.append(distributed.query_features(loaded[model_dir], queries, config, contrast=contrast,
+                                                   progress=not quiet))
         opened.append(store)
     if prefilter is not None:
         from fasttda.methods.influcoder.twostage import query_with_prefilter

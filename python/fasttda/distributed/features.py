@@ -11,19 +11,21 @@ from fasttda.distributed import comm
 from fasttda.distributed.indexing import slices
 
 
-def query_features(checkpoint, queries: Sequence, config, *, progress: bool = False, group=None) -> torch.Tensor:
+def query_features(checkpoint, queries: Sequence, config, *, contrast: bool = False, progress: bool = False,
+                   group=None) -> torch.Tensor:
     """`fasttda.pipeline.query_features` with the queries split over the ranks of ``group``."""
     from fasttda import pipeline
 
     rank, world = comm.rank_world(group)
     if world == 1 or not len(queries):
-        return pipeline.query_features(checkpoint, queries, config, progress=progress)
+        return pipeline.query_features(checkpoint, queries, config, contrast=contrast, progress=progress)
     comm.check_same([len(queries), config.batch_size], "the number of queries and the batch size", group)
     cuts = slices(len(queries), config.batch_size, world)
     lo, hi = cuts[rank]
     ok, message, mine = True, "", None
     try:
-        mine = pipeline.query_features(checkpoint, queries[lo:hi], config, progress=progress and rank == 0) \
+        mine = pipeline.query_features(checkpoint, queries[lo:hi], config, contrast=contrast,
+                                       progress=progress and rank == 0) \
             if hi > lo else None
     except Exception as exc:  # every rank must hear of it, or the others hang in all_gather
         ok, message = False, f"{type(exc).__name__}: {exc}"

@@ -25,7 +25,8 @@ from typing import Sequence
 import torch
 
 from fasttda import pipeline
-from fasttda.data import Example, load_jsonl
+from fasttda.data import Example, load_jsonl, resolve_contrast
+from fasttda.methods.comparison import comparison_scores  # noqa: F401  (the comparison-model form)
 
 MODES = ("if", "debias", "denoise", "dda", "base")
 
@@ -74,18 +75,25 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
               modules: Sequence[str] | None = None, batch_size: int = 16,
               max_length: int = 512, resume: bool = True, progress: bool = False, device: str = "cpu",
               fields: dict | None = None, target_field: str | None = "target",
-              text: bool = True) -> pipeline.Attribution:
+              text: bool = True, contrast: bool | None = None) -> pipeline.Attribution:
     """Index ``data`` at every checkpoint the mode needs (stores under ``out/stores``), take
     the queries' features there, score in one pass and write ``out/results.jsonl``.
 
     A query line carrying ``target_field`` is attributed for that span of its response
     only (its loss is taken on the span's tokens); the training data ignores that field.
     Each results line carries the query's text and, unless ``text=False``, each training
-    example's prompt and response."""
+    example's prompt and response.
+
+    A query line carrying ``"reference"`` (the correct output; its span ``"reference_target"``)
+    makes the queries contrastive, g(response) − g(reference) (see `pipeline.query_features`):
+    ``contrast=None`` decides by the presence of references, True requires them on every
+    query, False ignores them."""
     fields = fields or {}
     train = data if not isinstance(data, (str, os.PathLike)) else load_jsonl(data, **fields)
     qs = queries if not isinstance(queries, (str, os.PathLike)) else \
-        load_jsonl(queries, **fields, target_field=target_field)
+        load_jsonl(queries, **fields, target_field=target_field, reference_field="reference",
+                   reference_target_field="reference_target")
+    contrast = resolve_contrast(contrast, qs)  # fails before any indexing
     if not checkpoints:
         raise ValueError("give at least one fine-tuned checkpoint")
     paths = [Path(base)] + [Path(c) for c in checkpoints]
@@ -104,7 +112,7 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
                                progress=progress)
         index_s += time.perf_counter() - t0
         t0 = time.perf_counter()
-        q_feats.append(pipeline.query_features(ckpt, qs, config, progress=progress))
+        q_feats.append(pipeline.query_features(ckpt, qs, config, contrast=contrast, progress=progress))
         score_prep += time.perf_counter() - t0
         stores.append(store)
     t0 = time.perf_counter()
@@ -112,11 +120,13 @@ def attribute(base: str | os.PathLike, checkpoints: Sequence[str | os.PathLike],
     values, indices = pipeline.score_stores(q_feats, stores, [w for _, w in plan], k=k, normalize=normalize,
                                             preconditioners=pre, progress=progress)
     result = pipeline.Attribution([q.id for q in qs], values, indices, [ex.id for ex in train], index_s,
-                                  score_prep + time.perf_counter() - t0, queries=qs, train=train)
+                                  score_prep + time.perf_counter() - t0, queries=qs, train=train,
+                                  contrast=contrast)
     result.write_jsonl(out / "results.jsonl", text=text)
     (out / "config.json").write_text(json.dumps({
         "mode": mode, "beta": beta, "lr": lr, "normalize": normalize, "precondition": precondition,
         "damping": damping, "k": k, "projection": str(config.projection), "seed": seed, "format": fmt,
         "query_loss": "span" if any(q.target is not None for q in qs) else "response",
+        "query_form": "contrast" if contrast else "plain",
         "checkpoints": [str(p) for p in paths], "weights": {str(paths[c]): w for c, w in plan}}, indent=2))
     return result

@@ -54,7 +54,8 @@ def project(
         seed: any int in [0, 2**64).
         offset: global index of ``x``'s first column in the full input space.
         s: nonzeros per input coordinate for ``"sjlt"``.
-        backend: ``"auto"``, ``"reference"``, ``"triton"`` or ``"cuda"``.
+        backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpp"`` (the C++ CPU
+            kernel, ``csrc/cpu/project.cpp``; what ``"auto"`` picks for CPU tensors).
     """
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
@@ -186,5 +187,6 @@ def matrix_reference(in_dim, out_dim, kind, k_row, k_col, offset, s, device):
 
 
 PROJECT = Op("project", reference=project_reference, triton="fasttda.kernels.project:launch_project",
-             cuda="fasttda.ops._cuda_launchers:project")
-MATRIX = Op("projection_matrix", reference=matrix_reference, triton="fasttda.kernels.project:launch_matrix")
+             cuda="fasttda.ops._cuda_launchers:project", cpp="project")
+MATRIX = Op("projection_matrix", reference=matrix_reference, triton="fasttda.kernels.project:launch_matrix",
+            cpp="projection_matrix")

@@ -14,6 +14,8 @@ int4       uint8, two per byte: column absmax / 7; nibble = q + 8, q in [-7, 7];
            in the high one
 =========  ==========================  =================================================
 
+The table itself (codes, dtypes, scales) lives in the leaf module `fasttda.formats`.
+
 A row of zeros gets scale 0 and dequantizes to zeros. Non-finite input is rejected
 with the offending row indices: a store never holds NaN.
 
@@ -29,39 +31,18 @@ from __future__ import annotations
 import torch
 
 from fasttda._dispatch import Op
+from fasttda.formats import (FLOAT_FORMATS, FORMATS, FP8, SCALED_QMAX, check_format,  # noqa: F401 (API)
+                             storage_dtype, stored_width)
 from fasttda.ops import _library
 
-FP8 = getattr(torch, "float8_e4m3fn", None)
-
-FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
-FLOAT_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-SCALED_QMAX = {"int8": 127.0, "fp8_e4m3": 448.0, "int4": 7.0}
 FP16_MAX = 65504.0
 BF16_MAX = 3.3895313892515355e38  # larger float32 values round to inf in bfloat16
-
-
-def storage_dtype(fmt: str) -> torch.dtype:
-    """The torch dtype `quantize` returns for ``fmt``."""
-    check_format(fmt)
-    if fmt in FLOAT_FORMATS:
-        return FLOAT_FORMATS[fmt]
-    return {"int8": torch.int8, "fp8_e4m3": FP8 or torch.uint8, "int4": torch.uint8}[fmt]
-
-
-def stored_width(fmt: str, dim: int) -> int:
-    """Columns of stored data for ``dim`` feature columns."""
-    return (dim + 1) // 2 if fmt == "int4" else dim
 
 
 def bytes_per_row(fmt: str, dim: int) -> int:
     """Bytes a row costs on disk, data plus its scale (norms not counted)."""
     item = storage_dtype(fmt).itemsize
     return stored_width(fmt, dim) * item + (4 if fmt in SCALED_QMAX else 0)
-
-
-def check_format(fmt) -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS}, got {fmt!r}")
 
 
 def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):

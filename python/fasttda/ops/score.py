@@ -21,7 +21,7 @@ when it builds), ``triton`` (kernels/score.py: dequantization in the load stage,
 top-k in registers, the score matrix never materialized).
 
 Memory: the reference never holds more than one chunk of scores (``Q × chunk`` float32,
-at most ``SCORE_BUFFER_BYTES``) plus one block of dequantized rows (``BLOCK_BYTES``),
+at most `fasttda.topk.SCORE_BUFFER_BYTES`) plus one block of dequantized rows (``BLOCK_BYTES``),
 whatever N is; int8/fp8/int4/bf16/fp16 rows are converted to float32 in those small,
 cache-resident blocks just before their matmul.
 """
@@ -33,16 +33,15 @@ from dataclasses import dataclass
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.formats import TORCH_DTYPE
 from fasttda.ops import _library
 from fasttda.ops.quantize import FP8, SCALED_QMAX, check_format, storage_dtype, stored_width, unpack_int4
+from fasttda.topk import (MAX_ROWS, block_rows, chunk_rows, chunk_topk_keys, merge_topk,  # noqa: F401 (API)
+                          pack_keys, pack_keys_at, unpack_keys)
 
-SCORE_BUFFER_BYTES = 32 << 20  # one chunk of scores, Q × chunk float32
-BLOCK_BYTES = 1 << 20  # one block of rows converted to float32 (about an L2 cache)
-MAX_ROWS = (1 << 32) - 1  # row indices are packed into 32 bits of the sort key
 
-_FMT_OF_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int8: "int8"}
-if FP8 is not None:
-    _FMT_OF_DTYPE[FP8] = "fp8_e4m3"
+# the format a dtype implies (uint8 is fp8 bits or int4 pairs: the caller must say which)
+_FMT_OF_DTYPE = {dtype: name for name, dtype in TORCH_DTYPE.items() if dtype != torch.uint8}
 QUERY_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
@@ -316,59 +315,7 @@ def check_finite_scores(values: torch.Tensor, first_row: int = 0) -> None:
 
 
 # -- keys: one int64 per (score, row) that sorts as "higher score, then lower row" -------------
-def pack_keys(scores: torch.Tensor, first_row: int) -> torch.Tensor:
-    """int64 keys of float32 ``scores [Q, n]`` for rows ``first_row + j``: larger key = better."""
-    index = torch.arange(first_row, first_row + scores.shape[1], device=scores.device, dtype=torch.int64)
-    return pack_keys_at(scores, index)
-
-
-def pack_keys_at(scores: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """int64 keys of float32 ``scores`` for row indices ``rows`` (broadcastable, < 2**32)."""
-    bits = (scores + 0.0).view(torch.int32)  # + 0.0 turns -0.0 into 0.0
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)
-    return (ordered << 32) | (0xFFFFFFFF - rows)
-
-
-def unpack_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ordered = (keys >> 32).to(torch.int32)
-    bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
-    return bits.view(torch.float32), 0xFFFFFFFF - (keys & 0xFFFFFFFF)
-
-
-def merge_topk(best: torch.Tensor | None, keys: torch.Tensor, k: int) -> torch.Tensor:
-    """Running top-k over packed keys: the k best of ``best`` and ``keys`` ``[Q, *]``, sorted."""
-    if best is not None:
-        keys = torch.cat((best, keys), dim=1)
-    return torch.topk(keys, min(k, keys.shape[1]), dim=1).values
-
-
-def chunk_topk_keys(scores: torch.Tensor, first_row: int, k: int) -> torch.Tensor:
-    """Keys of the k best entries of float32 ``scores [Q, n]`` (rows ``first_row + j``).
-
-    A float topk finds the candidates; only the k winners are packed into keys, unless a
-    query has ties at its k-th value, whose whole row is then packed (ties must go to the
-    lower index, which torch.topk does not promise).
-    """
-    k = min(k, scores.shape[1])
-    top = torch.topk(scores, k, dim=1)
-    at_least_kth = (scores >= top.values[:, -1:]).sum(dim=1)
-    keys = pack_keys_at(top.values, top.indices + first_row)
-    tied = (at_least_kth > k).nonzero().flatten()
-    if tied.numel():
-        keys[tied] = torch.topk(pack_keys(scores[tied], first_row), k, dim=1).values
-    return torch.sort(keys, dim=1, descending=True).values
-
-
 # -- reference ------------------------------------------------------------------------------
-def block_rows(dim: int) -> int:
-    return max(16, BLOCK_BYTES // (4 * max(dim, 1)))
-
-
-def chunk_rows(n_queries: int, dim: int) -> int:
-    step = block_rows(dim)
-    return max(step, SCORE_BUFFER_BYTES // (4 * n_queries) // step * step)
-
-
 def as_float(block: torch.Tensor, fmt: str, dim: int) -> torch.Tensor:
     """Stored rows as float32, unscaled (the scale is applied to the dot products)."""
     return unpack_int4(block, dim) if fmt == "int4" else block.to(torch.float32)

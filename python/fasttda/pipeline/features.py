@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 
 from fasttda.capture import GradientCapture, Projection
-from fasttda.data import Example, batches, data_fingerprint, encode, pad_id_of
+from fasttda.data import Example, batches, contrast_references, data_fingerprint, encode, pad_id_of
 from fasttda.pipeline.checkpoints import Checkpoint
 from fasttda.ops.quantize import quantize
 from fasttda.store import FeatureStore
@@ -123,11 +123,25 @@ def features(checkpoint: Checkpoint, examples: Sequence[Example], config: Captur
 
 
 def query_features(checkpoint: Checkpoint, queries: Sequence[Example], config: CaptureConfig,
-                   *, progress: bool = False) -> torch.Tensor:
+                   *, contrast: bool = False, progress: bool = False) -> torch.Tensor:
     """``[Q, dim]`` float32 CPU features of the queries at one checkpoint: the gradient of
-    the loss on each response, or on its ``target`` span alone where the query names one."""
-    return torch.cat([f.to("cpu", torch.float32) for _, f in features(
-        checkpoint, queries, config, progress=progress, desc=f"queries @ {Path(checkpoint.path).name}")])
+    the loss on each response, or on its ``target`` span alone where the query names one.
+
+    With ``contrast``, every query must carry a ``reference`` (the correct output) and its
+    feature is g(response) − g(reference), the reference's loss taken on its
+    ``reference_target`` span or else on the whole reference: the first-order form of
+    DDA's ground/error comparison models (issue 18). It is just another query row, so
+    every mode and the one-pass scorer take it as they are; its dot-product score is the
+    difference of the two plain scores (a cosine normalizes the difference as a whole).
+    """
+    name = Path(checkpoint.path).name
+    plain = torch.cat([f.to("cpu", torch.float32) for _, f in features(
+        checkpoint, queries, config, progress=progress, desc=f"queries @ {name}")])
+    if not contrast:
+        return plain
+    ref = torch.cat([f.to("cpu", torch.float32) for _, f in features(
+        checkpoint, contrast_references(queries), config, progress=progress, desc=f"references @ {name}")])
+    return (plain.double() - ref.double()).float()
 
 
 def index(checkpoint: Checkpoint, examples: Sequence[Example], out: str | os.PathLike, config: CaptureConfig,

@@ -58,6 +58,7 @@ class Attribution:
     score_s: float = 0.0
     queries: Sequence[Example] | None = None
     train: Sequence[Example] | None = None
+    contrast: bool = False  # contrastive queries: g(response) − g(reference)
 
     @classmethod
     def of_store(cls, query_ids: Sequence[str], values: torch.Tensor, indices: torch.Tensor,

@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fasttda import formats
 from fasttda.ops.quantize import FP8, SCALED_QMAX, stored_width
 from fasttda.store import _fs
 from fasttda.store.errors import CorruptStoreError
 
 # numpy has no bf16/fp8: their bits go to disk as int16/uint8 and are viewed back in torch.
 DISK_DTYPE = {"fp32": "<f4", "bf16": "<i2", "fp16": "<f2", "int8": "i1", "fp8_e4m3": "u1", "int4": "u1"}
-TORCH_DTYPE = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.int8,
-               "fp8_e4m3": FP8 or torch.uint8, "int4": torch.uint8}
+TORCH_DTYPE = formats.TORCH_DTYPE
 ROLE_DTYPE = {"scale": "<f4", "norms": "<f4", "ids_end": "<i8"}
 SHARD_NAME = re.compile(r"^shard-(\d{6,})\.(data|scale|norms|ids|ids_end)$")
 

@@ -32,11 +32,13 @@ def version(module: str) -> str | None:
 
 
 # -- projection ----------------------------------------------------------------------------
-def trak_basic(in_dim: int, out_dim: int, device: str, *, seed: int = 0) -> Callable[[torch.Tensor], torch.Tensor]:
-    """TRAK's BasicProjector (Rademacher, its default block size): matrix regenerated per call."""
+def trak_basic(in_dim: int, out_dim: int, device: str, *, seed: int = 0,
+               kind: str = "rademacher") -> Callable[[torch.Tensor], torch.Tensor]:
+    """TRAK's BasicProjector (its default block size of 100 columns): the matrix is regenerated
+    per call when out_dim > 100, and generated once and kept when out_dim <= 100."""
     projectors = need("trak.projectors")
-    proj = projectors.BasicProjector(grad_dim=in_dim, proj_dim=out_dim, seed=seed,
-                                     proj_type=projectors.ProjectionType.rademacher,
+    ptype = projectors.ProjectionType.normal if kind == "gaussian" else projectors.ProjectionType.rademacher
+    proj = projectors.BasicProjector(grad_dim=in_dim, proj_dim=out_dim, seed=seed, proj_type=ptype,
                                      device=torch.device(device), dtype=torch.float32)
     return lambda x: proj.project(x, model_id=0)
 

@@ -30,10 +30,22 @@ def shapes(ctx) -> list[dict]:
     return [dict(B=32, D=1 << 18, k=2048)]
 
 
+def small_k_shapes(ctx) -> list[dict]:
+    """TRAK's own resnet18 case (11.7M gradient coordinates to 20 dims), where BasicProjector
+    keeps its whole matrix (k <= its 100-column block) and we regenerate ours every call;
+    a test-sized version of the same shape in quick mode."""
+    if ctx.device == "cuda":
+        return []
+    D = 1 << 16 if ctx.quick else 11_700_000
+    return [dict(B=4 if ctx.quick else 8, D=D, k=20, kind=kind) for kind in ("rademacher", "gaussian")]
+
+
 def run(ctx) -> list[dict]:
     results = []
     for shape in shapes(ctx):
         results += dense_cases(ctx, **shape)
+    for shape in small_k_shapes(ctx):
+        results += dense_cases(ctx, **shape, anchors_only=("trak.BasicProjector",), skip_backends=("reference",))
     if ctx.quick or ctx.device == "cuda":  # on CPU the fused op is the two ops back to back
         results += fused_quantize_cases(ctx, **shapes(ctx)[0])
     sjlt_shape = dict(B=8, D=1 << 14, k=256, s=1) if ctx.quick else dict(B=32, D=1 << 20, k=4096, s=1)
@@ -45,10 +57,12 @@ def _inputs(ctx, B, D, sets):
     return [ctx.randn(B, D, seed=100 + i) for i in range(sets)]
 
 
-def dense_cases(ctx, B, D, k) -> list[dict]:
+def dense_cases(ctx, B, D, k, kind="rademacher", anchors_only=None, skip_backends=()) -> list[dict]:
+    """``anchors_only``: time only these anchors (and no materialized matmul);
+    ``skip_backends``: fasttda backends too slow to time at this shape."""
     import fasttda.ops as ops
 
-    params = dict(B=B, D=D, k=k, kind="rademacher", dtype="float32")
+    params = dict(B=B, D=D, k=k, kind=kind, dtype="float32")
     flops = 2 * B * D * k
     io_bytes = 4 * (B * D + B * k)
     xs = _inputs(ctx, B, D, 3 if ctx.device == "cuda" else 1)
@@ -57,26 +71,33 @@ def dense_cases(ctx, B, D, k) -> list[dict]:
     out = []
 
     def anchor_case(impl, build, extra_bytes=0):
-        return ctx.measure(build=lambda: build(D, k, ctx.device), impl=impl, rotate=xs,
+        kw = {} if kind == "rademacher" else {"kind": kind}  # trak_cuda is Rademacher only
+        return ctx.measure(build=lambda: build(D, k, ctx.device, **kw), impl=impl, rotate=xs,
                            bytes_moved=io_bytes + extra_bytes, baseline=None if impl == baseline else baseline,
                            **common)
 
-    out.append(anchor_case("trak.BasicProjector", anchors.trak_basic))
-    if ctx.device == "cuda":
-        out.append(anchor_case("trak.CudaProjector", anchors.trak_cuda))
     dattri_impl = "dattri.CudaProjector" if ctx.device == "cuda" else "dattri.BasicProjector"
-    out.append(anchor_case(dattri_impl, anchors.dattri_projector,
-                           extra_bytes=4 * D * k if ctx.device == "cuda" else 0))
+    for impl, build, extra in (("trak.BasicProjector", anchors.trak_basic, 0),
+                               ("trak.CudaProjector", anchors.trak_cuda, 0),
+                               (dattri_impl, anchors.dattri_projector, 4 * D * k if ctx.device == "cuda" else 0)):
+        if impl == "trak.CudaProjector" and ctx.device != "cuda":
+            continue
+        if anchors_only is None or impl in anchors_only:
+            out.append(anchor_case(impl, build, extra))
 
     backends, missing = usable_backends(ctx, SUITE, "dense_jl", params,
-                                        lambda b: ops.project(xs[0][:, :64], 8, backend=b), "fasttda.project")
+                                        lambda b: ops.project(xs[0][:, :64], 8, kind=kind, backend=b),
+                                        "fasttda.project")
     out += missing
     for backend in backends:
-        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, seed=0, backend=b),
+        if backend in skip_backends:
+            continue
+        out.append(ctx.measure(lambda x, b=backend: ops.project(x, k, kind=kind, seed=0, backend=b),
                                impl=f"fasttda.project[{backend}]", rotate=xs, bytes_moved=io_bytes,
                                baseline=baseline, **common))
 
-    out.append(materialized_matmul_case(ctx, xs, B, D, k, params, baseline))
+    if anchors_only is None:
+        out.append(materialized_matmul_case(ctx, xs, B, D, k, params, baseline))
     return out
 
 
