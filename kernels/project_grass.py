@@ -10,6 +10,7 @@ import triton
 import triton.language as tl
 
 from fasttda.kernels._counter_hash import col_keys, row_keys, sjlt_targets, words
+from fasttda.kernels._launch import interpreted, launch
 
 
 @triton.jit
@@ -21,12 +22,14 @@ def _grass_project_kernel(
     tf32); inputs are upcast to float32 before the sign multiply. Division mode: none in
     floating point; bucket = (h >> 1) % K is an exact uint32 modulo. The summation order of
     the atomics varies run to run on a GPU (last-bit differences); the interpreter is sequential.
+
+    Numerics: dot=none; div=none.
     """
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
+    pid_d = tl.program_id(0)  # D blocks on axis 0: whole-model D passes axis 1's 65535 blocks
+    pid_b = tl.program_id(1)
     rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    rk = row_keys(d.to(tl.int64) + offset, k_row)
+    d = pid_d.to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D)
+    rk = row_keys(d + offset, k_row)
     kept = (words(rk, col_keys(tl.full((BLOCK_D,), 1, tl.uint32), k_col)) >> 8).to(tl.int64) < threshold
     mask = (rows[:, None] < B) & (d[None, :] < D) & kept[None, :]
     x = tl.load(
@@ -41,8 +44,8 @@ def launch_project_grass(x, out_dim, k_row, k_col, offset, threshold):
     """Unscaled GraSS sums ``[B, out_dim]`` float32 (the op applies the scale)."""
     B, D = x.shape
     out = torch.zeros(B, out_dim, dtype=torch.float32, device=x.device)
-    BLOCK_B, BLOCK_D = (16, 64) if x.device.type == "cpu" else (16, 256)
-    grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
-    _grass_project_kernel[grid](x, out, B, D, out_dim, x.stride(0), x.stride(1), offset, k_row, k_col, threshold,
-                                BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D)
+    BLOCK_B, BLOCK_D = (16, 64) if interpreted(x.device) else (16, 256)
+    grid = (triton.cdiv(D, BLOCK_D), triton.cdiv(B, BLOCK_B))
+    launch(_grass_project_kernel, grid, x, out, B, D, out_dim, x.stride(0), x.stride(1), offset, k_row, k_col,
+           threshold, BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D)
     return out

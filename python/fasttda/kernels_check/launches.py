@@ -64,6 +64,17 @@ def project_cases(full):
     yield "project gaussian B·D>2**31", lambda: launch_project(meta((40, 2**26)), 64, "gaussian", *KEYS, 0, 1)
 
 
+def grass_cases(full):
+    from fasttda.kernels.project_grass import launch_project_grass
+
+    for dtype in FLOAT_DTYPES:
+        yield f"grass {dtype} B=32 D=4096 K=512", lambda dtype=dtype: \
+            launch_project_grass(meta((32, 4096), dtype), 512, *KEYS, 0, 1 << 22)
+    yield "grass k=1 D=1 keep=1", lambda: launch_project_grass(meta((1, 1)), 1, *KEYS, 0, 1 << 24)
+    yield "grass odd strides offset>2**31", lambda: launch_project_grass(meta((5, 77), stride=(231, 3)), 33, *KEYS, BIG, 1)
+    yield "grass D=2**25", lambda: launch_project_grass(meta((8, 2**25)), 4096, *KEYS, 0, 1 << 20)
+
+
 def matrix_cases(full):
     from fasttda.kernels.project import launch_matrix
 
@@ -169,6 +180,7 @@ def score_cases(full):
 CASES = {
     "project": project_cases, "projection_matrix": matrix_cases, "project_factored": factored_cases,
     "project_quantized": project_quantized_cases, "quantize": quantize_cases, "score": score_cases,
+    "project_grass": grass_cases,
 }
 
 
