@@ -34,6 +34,7 @@ from torch import nn
 from fasttda.capture import projection as proj
 from fasttda.ops._checks import as_token_mask
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
+from fasttda.ops._checks import check_seed
 from fasttda.capture.wrappers import unwrap_parallel
 
 
@@ -78,6 +79,7 @@ class CaptureHooks:
     def __init__(self, model: nn.Module, modules=None, *, projection="factored", seed: int = 0,
                  lora_only: bool = False, include_bias: bool = False, hold_inputs: bool = False,
                  backend: str | None = "auto"):
+        seed = check_seed(seed)  # numpy integers too; stored as a plain int in the layout
         self.projection = proj.Projection.parse(projection)
         if hold_inputs and not isinstance(self.projection, proj.Factored):
             raise ValueError("hold_inputs=True only applies to the factored projection")

@@ -105,7 +105,7 @@ def module_seed(seed: int, name: str) -> int:
 
     Stable across machines, processes and Python versions (unlike ``hash()``).
     """
-    check_seed(seed)
+    seed = check_seed(seed)
     digest = hashlib.blake2b(name.encode("utf-8"), digest_size=8, key=seed.to_bytes(8, "little")).digest()
     return int.from_bytes(digest, "little")
 

@@ -21,6 +21,10 @@ SUBCOMMANDS = {
                    "Influcoder: distil gradient similarities into a text encoder (teacher, train, encode, eval, demo)."),
     "store": ("fasttda.cli.store", "store", "Inspect and verify feature stores (info, verify)."),
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
+    "import": ("fasttda.cli.import_index", "import_index",
+               "Convert a TRAK, Bergson, LESS or dattri-llm index into a feature store."),
+    "less-select": ("fasttda.cli.less_select", "less_select",
+                    "LESS data selection over stores: subtask mean, max, top rows; streamed."),
     "kernels": ("fasttda.cli.kernels", "kernels", "Compile every Triton kernel for sm_90a/sm_80 (no GPU needed)."),
 }
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 from fasttda.ops.encoder_epilogue import encoder_epilogue, mean_pool_normalize
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import factored_seeds, project_factored
+from fasttda.ops.project_grass import project_grass
 from fasttda.ops.project_quantized import QuantizedRows, project_quantized
 from fasttda.ops.quantize import dequantize, quantize
 from fasttda.ops.score import score_dense, score_topk
 
 __all__ = sorted(["QuantizedRows", "dequantize", "encoder_epilogue", "factored_seeds", "mean_pool_normalize",
-                  "project", "project_factored", "project_quantized", "projection_matrix", "quantize", "score_dense",
+                  "project", "project_factored", "project_grass", "project_quantized", "projection_matrix", "quantize", "score_dense",
                   "score_topk"])

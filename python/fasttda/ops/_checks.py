@@ -1,6 +1,8 @@
 """Argument checks the ops (and capture) share, so every mistake is worded one way."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -22,12 +24,22 @@ def check_float_tensor(t, name: str, layout: str) -> None:
         raise ValueError(f"{name} must have {', '.join(d + ' >= 1' for d in dims)}, got shape {tuple(t.shape)}")
 
 
-def check_seed(seed) -> None:
-    """A projection seed: an int in [0, 2**64) (the counter hash folds all 64 bits)."""
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as a Python int in [0, 2**64); any integer type is accepted.
+
+    numpy integers (``np.random.default_rng().integers(...)``, what TRAK's chunked
+    projector and its tests pass) and 0-d integer tensors count as ints; bools and floats
+    do not, so ``seed=1.0`` is refused rather than rounded.
+    """
+    if isinstance(seed, bool) or (isinstance(seed, torch.Tensor) and seed.dtype == torch.bool):
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
+    try:
+        value = operator.index(seed)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(seed).__name__}") from None
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
 
 
 def as_token_mask(mask, name: str = "mask", shape: tuple | None = None):

@@ -32,7 +32,7 @@ MASK32 = 0xFFFFFFFF
 MIX_MUL1 = 0x7FEB352D
 MIX_MUL2 = 0x846CA68B
 GOLDEN = 0x9E3779B9
-KIND_STREAM = {"rademacher": 1, "gaussian": 2, "sjlt": 3}
+KIND_STREAM = {"rademacher": 1, "gaussian": 2, "sjlt": 3, "grass": 4}
 U24 = 1.0 / (1 << 24)
 TWO_PI = 2.0 * math.pi
 
@@ -50,7 +50,7 @@ def mix_int(x: int) -> int:
 
 def seed_keys(seed: int, kind: str) -> tuple[int, int]:
     """Fold a 64-bit seed and the kind's stream into the two 32-bit keys."""
-    check_seed(seed)
+    seed = check_seed(seed)
     stream = KIND_STREAM[kind]
     lo, hi = seed & MASK32, seed >> 32
     base = mix_int(lo ^ mix_int(hi ^ GOLDEN))

@@ -46,7 +46,7 @@ _SIDE_TAGS = (b"fasttda.factored.in", b"fasttda.factored.out")
 
 def factored_seeds(seed: int) -> tuple[int, int]:
     """``(seed_in, seed_out)`` for P_in and P_out, derived from ``seed`` (see module docstring)."""
-    check_seed(seed)
+    seed = check_seed(seed)
     return tuple(  # type: ignore[return-value]
         int.from_bytes(hashlib.blake2b(tag + seed.to_bytes(8, "little"), digest_size=8).digest(), "little")
         for tag in _SIDE_TAGS
