@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from fasttda.kernels._launch import launch
 from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, encode_float, encode_scaled,
                                       launch_quantize)
 
@@ -32,6 +33,10 @@ MAX_HIDDEN = 8192
 def _encoder_epilogue_kernel(h_ptr, m_ptr, data_ptr, scale_ptr, norm_ptr, T, H,
                              stride_hb, stride_ht, stride_hh, stride_mb,
                              FMT: tl.constexpr, QMAX: tl.constexpr, BLOCK_T: tl.constexpr, H_PAD: tl.constexpr):
+    """One row per program: masked mean over tokens, L2 norm, then the store's encoding.
+
+    Numerics: dot=none; div=rn.
+    """
     b = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, H_PAD)
     col_ok = cols < H
@@ -79,7 +84,7 @@ def launch_encoder_epilogue(hidden: torch.Tensor, mask: torch.Tensor, fmt: str):
     norms = torch.empty(B, dtype=torch.float32, device=hidden.device)
     h_pad = triton.next_power_of_2(max(H, 16))
     block_t = max(1, min(triton.next_power_of_2(max(T, 1)), 16384 // h_pad, 32))
-    _encoder_epilogue_kernel[(B,)](hidden, m, raw, norms if scale is None else scale, norms, T, H,
+    launch(_encoder_epilogue_kernel, (B,), hidden, m, raw, norms if scale is None else scale, norms, T, H,
                                    hidden.stride(0), hidden.stride(1), hidden.stride(2), m.stride(0),
                                    FMT=FMT_CODE[fmt], QMAX=SCALED_QMAX.get(fmt, 1.0), BLOCK_T=block_t, H_PAD=h_pad,
                                    **_options(hidden.device))

@@ -108,7 +108,7 @@ def factored_cases(full):
 
 
 def project_quantized_cases(full):
-    from fasttda.kernels.project_quantize import fused, launch_project_quantized
+    from fasttda.kernels.project_quantized import fused, launch_project_quantized
 
     # the fused kernel runs when B/16 programs fill the GPU (B >= 2112 on 132 SMs): B = 32
     # shows the split path (project, then quantize) that smaller batches take
@@ -177,10 +177,25 @@ def score_cases(full):
     yield "score_topk N·d>2**31", lambda: launch_score_topk(*terms(("fp32",), 16, 2**22, 1024, False), 10)
 
 
+def encoder_epilogue_cases(full):
+    from fasttda.kernels.encoder_epilogue import launch_encoder_epilogue
+
+    shapes = [  # (B, T, H, hidden stride or None)
+        (1, 1, 1, None), (7, 33, 384, None), (5, 13, 37, (13 * 74, 74, 2)), (3, 70, 8192, None),
+        (64, 512, 1024, None),
+    ]
+    variants = [(fmt, dtype) for fmt in FORMATS for dtype in FLOAT_DTYPES]
+    core = [("int8", torch.float32), ("fp32", torch.bfloat16), ("int4", torch.float16)]
+    for (fmt, dtype), (B, T, H, stride) in pairwise(full, (32, 128, 384, None), variants, shapes, core):
+        h, m = meta((B, T, H), dtype, stride=stride), meta((B, T), torch.int64)
+        yield f"encoder_epilogue {fmt} {dtype} B={B} T={T} H={H}", lambda h=h, m=m, fmt=fmt: \
+            launch_encoder_epilogue(h, m, fmt)
+
+
 CASES = {
     "project": project_cases, "projection_matrix": matrix_cases, "project_factored": factored_cases,
     "project_quantized": project_quantized_cases, "quantize": quantize_cases, "score": score_cases,
-    "project_grass": grass_cases,
+    "project_grass": grass_cases, "encoder_epilogue": encoder_epilogue_cases,
 }
 
 
