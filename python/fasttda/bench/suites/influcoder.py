@@ -21,8 +21,8 @@ import tempfile
 import torch
 
 from fasttda.bench.anchors import AnchorMissing
-from fasttda.bench.capture_anchors import fasttda_capture
-from fasttda.bench.capture_anchors.workload import SavedModel, Workload, make_batches, quiet_transformers
+from fasttda.bench.anchors.capture import fasttda_capture
+from fasttda.bench.anchors.capture.workload import SavedModel, Workload, make_batches, quiet_transformers
 
 SUITE = "influcoder"
 BASELINE = "gradient"
