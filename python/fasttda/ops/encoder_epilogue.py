@@ -25,7 +25,7 @@ import torch
 from fasttda._dispatch import Op, common_device
 from fasttda.ops._checks import check_float_tensor
 from fasttda.ops.project_quantized import QuantizedRows
-from fasttda.ops.quantize import FLOAT_FORMATS, check_format, quantize_reference
+from fasttda.ops.quantize import check_format, quantize_with_norms
 
 
 def mean_pool_normalize(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,11 +64,7 @@ def encoder_epilogue(hidden: torch.Tensor, mask: torch.Tensor, fmt: str = "int8"
 
 def encoder_epilogue_reference(hidden, mask, fmt):
     e = mean_pool_normalize(hidden, mask)
-    norms = torch.linalg.vector_norm(e, dim=1)
-    if not bool(torch.isfinite(e).all()):
-        return e.to(FLOAT_FORMATS.get(fmt, torch.float32)), None, norms  # the caller names the rows
-    data, scale = quantize_reference(e, fmt)
-    return data, scale, norms
+    return quantize_with_norms(e, fmt)  # non-finite rows: the caller names them
 
 
 ENCODER_EPILOGUE = Op("encoder_epilogue", reference=encoder_epilogue_reference,

@@ -23,7 +23,7 @@ import torch
 from fasttda._dispatch import Op, common_device
 from fasttda.ops import _counter_hash as ch
 from fasttda.ops.project import check_project_args, project_reference
-from fasttda.ops.quantize import FLOAT_FORMATS, check_format, quantize_reference
+from fasttda.ops.quantize import FLOAT_FORMATS, check_format, quantize_with_norms
 
 
 class QuantizedRows(NamedTuple):
@@ -56,11 +56,7 @@ def project_quantized(x: torch.Tensor, out_dim: int, fmt: str, *, kind: str = "r
 
 def project_quantized_reference(x, out_dim, fmt, kind, k_row, k_col, offset, s):
     y = project_reference(x, out_dim, kind, k_row, k_col, offset, s)
-    norms = torch.linalg.vector_norm(y, dim=1)
-    if not bool(torch.isfinite(y).all()):
-        return y.to(FLOAT_FORMATS.get(fmt, torch.float32)), None, norms  # the caller names the rows
-    data, scale = quantize_reference(y, fmt)
-    return data, scale, norms
+    return quantize_with_norms(y, fmt)  # non-finite rows: the caller names them
 
 
 PROJECT_QUANTIZED = Op("project_quantized", reference=project_quantized_reference,

@@ -111,6 +111,17 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim:
 
 
 # -- reference ------------------------------------------------------------------------------
+def quantize_with_norms(y: torch.Tensor, fmt: str):
+    """``(data, scale, norms)`` of float32 rows ``y``: the reference epilogue that fused ops
+    (projection, encoder pooling) share. Non-finite rows come back unquantized, with no
+    scale, so the caller can name them."""
+    norms = torch.linalg.vector_norm(y, dim=1)
+    if not bool(torch.isfinite(y).all()):
+        return y.to(FLOAT_FORMATS.get(fmt, torch.float32)), None, norms
+    data, scale = quantize_reference(y, fmt)
+    return data, scale, norms
+
+
 def quantize_reference(x, fmt):
     if fmt in FLOAT_FORMATS:
         return x.to(FLOAT_FORMATS[fmt]).contiguous(), None
