@@ -29,8 +29,10 @@ def words(in_dim, n_cols, offset, k_row, k_col):
         return mix(rk[:, None] + ck[None, :])
 
 
-def matrix64(in_dim, out_dim, kind, seed, offset=0, s=1):
-    """Scaled P ``[in_dim, out_dim]`` in float64."""
+def matrix64(in_dim, out_dim, kind, seed, offset=0, s=1, absolute=False):
+    """Scaled P ``[in_dim, out_dim]`` in float64; with ``absolute``, Σ|term| per entry (for SJLT,
+    replicas of one coordinate that land in one bucket with opposite signs cancel in P but
+    are still two float32 terms of the sum, so error bounds need this)."""
     k_row, k_col = seed_keys(seed, kind)
     if kind == "rademacher":
         w = words(in_dim, (out_dim + 31) // 32, offset, k_row, k_col)
@@ -49,5 +51,5 @@ def matrix64(in_dim, out_dim, kind, seed, offset=0, s=1):
     sign = 1.0 - 2.0 * (w & np.uint32(1)).astype(np.float64)
     bucket = (w >> np.uint32(1)) % np.uint32(out_dim)
     for r in range(s):
-        np.add.at(P, (np.arange(in_dim), bucket[:, r]), sign[:, r])
+        np.add.at(P, (np.arange(in_dim), bucket[:, r]), np.abs(sign[:, r]) if absolute else sign[:, r])
     return P / np.sqrt(s)
