@@ -138,8 +138,13 @@ def resources(compiled, log: str, arch: str) -> dict:
 
 
 def dot_precisions(ttir: str) -> list[str]:
-    """Per ``tt.dot`` in the Triton IR: ``16bit`` for bf16/fp16 operands, else its float32 mode
-    (``ieee``, ``tf32x3``, or ``tf32`` when no mode is printed: Triton's default)."""
+    """Per ``tt.dot`` in the Triton IR: ``16bit`` for bf16/fp16 operands, else its float32 mode.
+
+    The IR prints ``inputPrecision = tf32`` / ``tf32x3`` and elides the attribute's default,
+    ``ieee`` (the mode the Python front end resolves ``input_precision=None`` to is always
+    written out), so a dot with no mode printed is IEEE. `inventory.check_promise` checks the
+    reading against the PTX: a TF32 mode needs a tf32 mma, IEEE none.
+    """
     out = set()
     for line in re.findall(r"= tt\.dot [^\n]*", ttir):
         operand = re.search(r": tensor<[\dx]+x(\w+)", line)
@@ -147,7 +152,7 @@ def dot_precisions(ttir: str) -> list[str]:
             out.add("16bit")
         else:
             mode = re.search(r"inputPrecision = (\w+)", line)
-            out.add(mode.group(1) if mode else "tf32")
+            out.add(mode.group(1) if mode else "ieee")
     return sorted(out)
 
 
