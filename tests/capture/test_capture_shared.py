@@ -21,8 +21,7 @@ def test_matrix_cache_keeps_side_by_side_matrices_within_budget():
     assert cache.bytes <= cache.budget_bytes and len(cache) == 2
     cache.matrix((6,), 37, 4, "rademacher", "cpu")  # over budget: the least recently used goes
     assert len(cache) == 2 and cache.matrix((3, 11), 37, 4, "gaussian", "cpu") is not both
-    big = cache.matrix((1, 2, 3), 37, 8, "rademacher", "cpu")  # larger than the budget: not kept
-    assert big.shape == (37, 24) and cache.bytes <= cache.budget_bytes
+    assert cache.matrix((1, 2, 3), 37, 8, "rademacher", "cpu") is None  # larger than the whole budget
     with pytest.raises(ValueError, match="budget_bytes"):
         MatrixCache(budget_bytes=-1)
 
@@ -80,3 +79,21 @@ def test_shared_input_is_used_only_while_unchanged(gen, mutate):
     with fresh:  # a first batch: nothing learned, every module projects its own input
         alone = _features(fresh, model, xs[1])
     torch.testing.assert_close(shared, alone, rtol=1e-5, atol=1e-6 * float(alone.abs().max()))
+
+
+@pytest.mark.parametrize("budget", [0, None])
+def test_matrices_too_large_to_keep_give_the_same_features(gen, budget):
+    """A budget too small for any matrix: every block projects with ops.project instead."""
+    torch.manual_seed(1)
+    model = TwoReaders().requires_grad_(False)
+    xs = [torch.randn(2, 5, 6, generator=gen) for _ in range(2)]
+    runs = []
+    for b in (budget, 0):
+        hooks = CaptureHooks(model, projection=("factored", 3, 2), include_bias=True, seed=8)
+        if b is not None:
+            hooks.matrices.budget_bytes = b
+        with hooks:
+            runs.append([_features(hooks, model, x) for x in xs])
+            assert (len(hooks.matrices) == 0) == (b == 0)
+    for kept, streamed in zip(*runs):
+        torch.testing.assert_close(kept, streamed, rtol=1e-5, atol=1e-6 * float(streamed.abs().max()))

@@ -13,8 +13,9 @@ read one input tensor (q/k/v, gate/up) project it with one GEMM; their columns a
 the separate matrices' columns.
 
 Memory is bounded: least recently used matrices are dropped past ``budget_bytes``
-(default 256 MiB, about what 16×16 capture of every linear of a 7B model needs), and a
-matrix larger than the budget on its own is generated for the call and not kept.
+(default 256 MiB, about what 16×16 capture of every linear of a 7B model needs); for a
+matrix larger than the budget on its own `matrix` returns None and the caller projects
+with `fasttda.ops.project`, which never materializes P.
 Matrices are float32, scaled by ``1/sqrt(k)``, and never handed out to callers.
 """
 from __future__ import annotations
@@ -39,8 +40,11 @@ class MatrixCache:
         self.bytes = 0
         self.generated = 0  # matrices built so far (kept or not): what the cache saves shows here
 
-    def matrix(self, seeds: tuple[int, ...], rows: int, k: int, kind: str, device, backend=None) -> torch.Tensor:
-        """``[rows, k · len(seeds)]`` float32: the seeds' scaled matrices side by side."""
+    def matrix(self, seeds: tuple[int, ...], rows: int, k: int, kind: str, device, backend=None):
+        """``[rows, k · len(seeds)]`` float32: the seeds' scaled matrices side by side, or
+        None when that is larger than the whole budget."""
+        if 4 * rows * k * len(seeds) > self.budget_bytes:
+            return None
         device = torch.device(device)
         key = (tuple(seeds), rows, k, kind, device, backend)
         hit = self._items.get(key)
@@ -51,12 +55,11 @@ class MatrixCache:
         self.generated += 1
         built = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         size = built.numel() * built.element_size()
-        if size <= self.budget_bytes:
-            while self._items and self.bytes + size > self.budget_bytes:
-                _, old = self._items.popitem(last=False)
-                self.bytes -= old.numel() * old.element_size()
-            self._items[key] = built
-            self.bytes += size
+        while self._items and self.bytes + size > self.budget_bytes:
+            _, old = self._items.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        self._items[key] = built
+        self.bytes += size
         return built
 
     def clear(self) -> None:

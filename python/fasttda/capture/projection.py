@@ -29,7 +29,7 @@ import torch
 # Functions are imported from their modules: once a submodule such as fasttda.ops.project
 # is imported, the package attribute `fasttda.ops.project` is that module, not the function.
 from fasttda.ops.project import KINDS as DENSE_KINDS
-from fasttda.ops.project import project
+from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import KINDS as FACTORED_KINDS
 from fasttda.ops.project_factored import factored_seeds as _factored_seeds
 from fasttda.ops.project_factored import project_factored
@@ -240,12 +240,24 @@ def keep_input(projection, blocks, x, mask, *, hold_inputs: bool, backend, cache
     bias = [block.bias for block in blocks]
     seeds = tuple(factored_seeds(block.seed)[0] for block in blocks)
     p_in = cache.matrix(seeds, d_in + any(bias), k, projection.kind, x.device, backend)
-    px = torch.mm(x.reshape(B * N, d_in).to(torch.float32), p_in[:d_in]).reshape(B, N, -1)
+    if p_in is None:  # too large to keep: each block projects on the fly
+        px = torch.cat([_project(x, k, projection.kind, s, backend) for s in seeds], dim=2)
+        bias_row = torch.cat([projection_matrix(1, k, kind=projection.kind, seed=s, offset=d_in, device=x.device)[0]
+                              for s in seeds]) if any(bias) else None
+    else:
+        px = torch.mm(x.reshape(B * N, d_in).to(torch.float32), p_in[:d_in]).reshape(B, N, -1)
+        bias_row = p_in[d_in] if any(bias) else None
     for i, has_bias in enumerate(bias):
-        if has_bias:
-            px[:, :, i * k:(i + 1) * k] += p_in[d_in, i * k:(i + 1) * k]
+        if has_bias:  # the ones column appended to x: row d_in of P_in
+            px[:, :, i * k:(i + 1) * k] += bias_row[i * k:(i + 1) * k]
     px = _masked(px, mask)
     return [px[:, :, i * k:(i + 1) * k] for i in range(len(blocks))]
+
+
+def _project(t, k, kind, seed, backend):
+    """`ops.project` over the tokens of ``t`` ``[B, N, d]`` → ``[B, N, k]``."""
+    B, N, d = t.shape
+    return project(_op_dtype(t).reshape(B * N, d), k, kind=kind, seed=seed, backend=backend).reshape(B, N, k)
 
 
 # -- backward step ------------------------------------------------------------------------
@@ -257,7 +269,10 @@ def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, back
         _, seed_out = factored_seeds(block.seed)
         B, N, d_out = dy.shape
         p_out = cache.matrix((seed_out,), d_out, projection.k_out, projection.kind, dy.device, backend)
-        pdy = torch.mm(dy.reshape(B * N, d_out).to(torch.float32), p_out).reshape(B, N, -1)
+        if p_out is None:  # too large to keep
+            pdy = _project(dy, projection.k_out, projection.kind, seed_out, backend)
+        else:
+            pdy = torch.mm(dy.reshape(B * N, d_out).to(torch.float32), p_out).reshape(B, N, -1)
         return torch.bmm(_masked(pdy, mask).transpose(1, 2), kept).reshape(B, -1)
     x = _masked(kept.to(_work_dtype(kept)), mask)
     dy = _masked(dy.to(x.dtype), mask)
