@@ -19,6 +19,7 @@ Dense and raw hold each module's x from forward to backward.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -31,6 +32,11 @@ from fasttda.ops.project_factored import KINDS as FACTORED_KINDS
 from fasttda.ops.project_factored import factored_seeds, project_factored
 
 DENSE_CHUNK_ENTRIES = 1 << 22
+# Factored capture projects every module's x and dy with the same small [d, k] matrices at
+# every step; below this many entries per matrix they are generated once and reused (a
+# BLAS/cuBLAS matmul instead of regenerating P on every call), within MATRIX_CACHE_BYTES.
+MATRIX_CACHE_ENTRIES = 1 << 20
+MATRIX_CACHE_BYTES = 256 << 20
 
 
 class Projection:
@@ -222,14 +228,49 @@ def _op_dtype(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32) if t.dtype == torch.float64 else t
 
 
+class _MatrixCache:
+    """Least-recently-used generated projection matrices, bounded in bytes (per process)."""
+
+    def __init__(self, max_bytes: int):
+        from collections import OrderedDict
+
+        self.max_bytes, self.bytes, self.entries = max_bytes, 0, OrderedDict()
+
+    def get(self, d: int, k: int, kind: str, seed: int, device: torch.device) -> torch.Tensor:
+        key = (d, k, kind, seed, device)
+        P = self.entries.get(key)
+        if P is not None:
+            self.entries.move_to_end(key)
+            return P
+        P = projection_matrix(d, k, kind=kind, seed=seed, device=device)
+        self.entries[key] = P
+        self.bytes += P.numel() * P.element_size()
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        return P
+
+
+_MATRICES = _MatrixCache(MATRIX_CACHE_BYTES)
+_factored_seeds = functools.lru_cache(maxsize=4096)(factored_seeds)  # a pure hash of the module seed
+
+
+def _project_reused(x: torch.Tensor, k: int, kind: str, seed: int, backend) -> torch.Tensor:
+    """`ops.project` of float32 rows; with backend "auto" and a small matrix, ``x @ P`` with P
+    generated once (the same entries, scale included; float32 accumulation in another order)."""
+    if backend in (None, "auto") and x.dtype == torch.float32 and x.shape[1] * k <= MATRIX_CACHE_ENTRIES:
+        return x @ _MATRICES.get(x.shape[1], k, kind, seed, x.device)
+    return project(x, k, kind=kind, seed=seed, backend=backend)
+
+
 # -- forward step: what each projection holds until the backward pass ---------------------
 def keep_input(projection, block, x, mask, *, hold_inputs: bool, backend):
     """x ``[B, N, d_in]`` (detached) → what the backward step needs."""
     if isinstance(projection, Factored) and not hold_inputs:
-        seed_in, _ = factored_seeds(block.seed)
+        seed_in, _ = _factored_seeds(block.seed)
         B, N, d_in = x.shape
-        px = project(_op_dtype(x).reshape(B * N, d_in), projection.k_in, kind=projection.kind,
-                         seed=seed_in, backend=backend).reshape(B, N, -1)
+        px = _project_reused(_op_dtype(x).reshape(B * N, d_in), projection.k_in, projection.kind, seed_in,
+                             backend).reshape(B, N, -1)
         if block.bias:
             px += projection_matrix(1, projection.k_in, kind=projection.kind, seed=seed_in,
                                         offset=d_in, device=x.device)[0]
@@ -243,10 +284,10 @@ def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, back
     if isinstance(projection, Factored):
         if hold_inputs:
             return _fused_factored(projection, block, kept, dy, mask, backend)
-        _, seed_out = factored_seeds(block.seed)
+        _, seed_out = _factored_seeds(block.seed)
         B, N, d_out = dy.shape
-        pdy = project(_op_dtype(dy).reshape(B * N, d_out), projection.k_out, kind=projection.kind,
-                          seed=seed_out, backend=backend).reshape(B, N, -1)
+        pdy = _project_reused(_op_dtype(dy).reshape(B * N, d_out), projection.k_out, projection.kind, seed_out,
+                              backend).reshape(B, N, -1)
         return torch.bmm(_masked(pdy, mask).transpose(1, 2), kept).reshape(B, -1)
     x = _masked(kept.to(_work_dtype(kept)), mask)
     dy = _masked(dy.to(x.dtype), mask)
