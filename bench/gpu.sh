@@ -52,7 +52,7 @@ else
   TESTS="${GPU_TESTS:-tests/ops tests/capture tests/test_scoring.py tests/test_host_syncs.py tests/test_dispatch.py tests/test_precondition.py}"
   EXT_TESTS="${EXT_TESTS:-tests/ops/test_project_cuda.py}"
 fi
-SUITES="${BENCH_SUITES:-score project quantize factored store capture e2e}"
+SUITES="${BENCH_SUITES:-score project quantize factored store capture e2e influcoder}"
 DEADLINE=$((START + TOTAL_S))
 SUMMARY="$OUT_DIR/summary.txt"
 : >"$SUMMARY"

@@ -40,6 +40,20 @@ def test_few_steps_lower_the_loss_on_a_fixed_block(tmp_path, gen):
     assert block_loss() < before - 0.05
 
 
+def test_train_layers_trains_only_the_top_layers(tmp_path, gen):
+    student = ic.Student.load(make_encoder(tmp_path / "enc", layers=3), template="{prompt} {response}")
+    anchors, pool = examples(3, 4), examples(4, 6)
+    at, pt = ic.texts_of(anchors, student.config.template), ic.texts_of(pool, student.config.template)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    config = TrainConfig(steps=3, anchors_per_step=4, candidates_per_step=6, accumulation=1, lr=1e-2, warmup=0.0,
+                         train_layers=1, hard_fraction=0.0)
+    train(student, at, pt, torch.rand(4, 6, generator=gen), config)
+    changed = {n for n, p in student.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".layer.2." in n for n in changed), sorted(changed)
+    with pytest.raises(ValueError, match="train_layers"):
+        train(student, at, pt, torch.rand(4, 6, generator=gen), TrainConfig(train_layers=0))
+
+
 def test_train_rejects_a_mismatched_block(tmp_path):
     student = ic.Student.load(make_encoder(tmp_path / "enc"))
     with pytest.raises(ValueError, match="anchors"):

@@ -50,6 +50,18 @@ def test_quantize_and_dequantize_ops(gen, fmt):
             ALL_CHECKS if fmt != "fp8_e4m3" else ("test_autograd_registration", "test_faketensor"))
 
 
+@pytest.mark.parametrize("fmt", ["fp16", "int8", "int4"])
+def test_encoder_epilogue_op(gen, fmt):
+    hidden = rand(gen, 3, 5, 7)
+    mask = (torch.rand(3, 5, generator=gen) > 0.3).to(torch.float32)
+    mask[:, 0] = 1
+    opcheck(torch.ops.fasttda.encoder_epilogue.default, (hidden, mask, fmt, "reference"))
+    data, scale, norms = torch.ops.fasttda.encoder_epilogue(hidden, mask, fmt, "reference")
+    public = fasttda.ops.encoder_epilogue(hidden, mask, fmt, backend="reference")
+    assert torch.equal(data, public.data) and torch.equal(norms, public.norms)
+    assert (public.scale is None) == (fmt == "fp16") and (public.scale is None or torch.equal(scale, public.scale))
+
+
 def test_score_topk_op(gen):
     data, scale = fasttda.ops.quantize(rand(gen, 40, 6), "int8")
     terms = prepare_terms([rand(gen, 3, 6), rand(gen, 3, 6)], [data, rand(gen, 40, 6).half()],

@@ -17,6 +17,8 @@ of each op asks the op's `fasttda._dispatch.Op` for the backend (``"auto"``,
         keys = [k_row_in, k_col_in, k_row_out, k_col_out]; mask a bool [B, T] or None
     torch.ops.fasttda.quantize(x, fmt, backend) -> (data, scale)    scale is empty for float formats
     torch.ops.fasttda.dequantize(data, scale, fmt, dim, backend) -> [N, dim] float32
+    torch.ops.fasttda.encoder_epilogue(hidden, mask, fmt, backend) -> (data, scale, norms)
+        scale is empty for float formats
     torch.ops.fasttda.score_topk(queries, rows, factors, fmts, k, backend) -> (values, indices)
         lists of per-store tensors, checked by `fasttda.ops.score.prepare_terms`; fmts
         comma-separated
@@ -56,6 +58,8 @@ def call(op: str, *args):
         out = getattr(torch.ops.fasttda, op)(*args)
         if op == "quantize" and not out[1].numel() and args[1] not in _op_module("quantize").SCALED_QMAX:
             return out[0], None
+        if op == "encoder_epilogue" and not out[1].numel() and args[2] not in _op_module("quantize").SCALED_QMAX:
+            return out[0], None, out[2]
         return out
     return _BODIES[op](*args)
 
@@ -90,13 +94,20 @@ def _dequantize_body(data, scale, fmt, dim, backend):
     return impl(data, scale, fmt, dim)
 
 
+def _encoder_epilogue_body(hidden, mask, fmt, backend):
+    device = common_device(hidden, mask, names=("hidden", "mask"))
+    _, impl = _op_module("encoder_epilogue").ENCODER_EPILOGUE.resolve(backend, device)
+    return tuple(impl(hidden, mask, fmt))
+
+
 def _score_topk_body(queries, rows, factors, fmts, k, backend):
     _, impl = _op_module("score").SCORE_TOPK.resolve(backend, common_device(*queries, *rows))
     return impl(list(queries), list(rows), list(factors), fmts.split(","), k)
 
 
 _BODIES = {"project": _project_body, "project_factored": _factored_body, "quantize": _quantize_body,
-           "dequantize": _dequantize_body, "score_topk": _score_topk_body}
+           "dequantize": _dequantize_body, "encoder_epilogue": _encoder_epilogue_body,
+           "score_topk": _score_topk_body}
 
 
 # -- project ---------------------------------------------------------------------------------
@@ -147,6 +158,23 @@ def dequantize(data: Tensor, scale: Optional[Tensor], fmt: str, dim: int, backen
 @dequantize.register_fake
 def _(data, scale, fmt, dim, backend):
     return data.new_empty((data.shape[0], dim), dtype=torch.float32)
+
+
+# -- encoder_epilogue --------------------------------------------------------------------------
+@custom_op("fasttda::encoder_epilogue", mutates_args=())
+def encoder_epilogue(hidden: Tensor, mask: Tensor, fmt: str, backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    data, scale, norms = _encoder_epilogue_body(hidden, mask, fmt, backend)
+    return (_fresh(data, hidden, mask), scale if scale is not None else hidden.new_empty(0, dtype=torch.float32),
+            _fresh(norms, hidden, mask))
+
+
+@encoder_epilogue.register_fake
+def _(hidden, mask, fmt, backend):
+    b, _, h = hidden.shape
+    q = _op_module("quantize")
+    return (hidden.new_empty((b, q.stored_width(fmt, h)), dtype=q.storage_dtype(fmt)),
+            hidden.new_empty((b if fmt in q.SCALED_QMAX else 0,), dtype=torch.float32),
+            hidden.new_empty((b,), dtype=torch.float32))
 
 
 # -- score_topk --------------------------------------------------------------------------------

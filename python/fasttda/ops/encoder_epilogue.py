@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from fasttda._dispatch import Op, common_device
+from fasttda.ops import _library
 from fasttda.ops._checks import check_float_tensor
 from fasttda.ops.project_quantized import QuantizedRows
 from fasttda.ops.quantize import check_format, quantize_with_norms
@@ -52,9 +53,8 @@ def encoder_epilogue(hidden: torch.Tensor, mask: torch.Tensor, fmt: str = "int8"
         raise ValueError("mask must hold finite real values (1 for tokens, 0 for padding)")
     if bool((mask < 0).any()):
         raise ValueError("mask must not be negative (1 for tokens, 0 for padding)")
-    device = common_device(hidden, mask, names=("hidden", "mask"))
-    _, impl = ENCODER_EPILOGUE.resolve(backend, device)
-    data, scale, norms = impl(hidden, mask, fmt)
+    common_device(hidden, mask, names=("hidden", "mask"))
+    data, scale, norms = _library.call("encoder_epilogue", hidden, mask, fmt, backend or "auto")
     bad = ~torch.isfinite(norms)
     if bool(bad.any()):
         rows = bad.nonzero().flatten().tolist()

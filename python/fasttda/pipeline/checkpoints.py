@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pickle
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -58,36 +59,49 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device = "cp
     for name in ("adapter_config.json", "config.json"):
         if (path / name).is_file():
             _read_json(path / name)  # a clear error naming the file, before transformers reads it
-    from transformers import AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     try:
-        kwargs = {"local_files_only": True}
-        if dtype is not None:
-            kwargs["dtype"] = dtype
-        if is_lora:
-            from peft import AutoPeftModelForCausalLM
-
-            model = AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
-        tokenizer_dir = path if _has_tokenizer(path) else _lora_base_dir(path) if is_lora else path
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
+        with quiet_transformers():
+            return _load(path, device, dtype, is_lora)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: refused to load its pickled weights (pytorch_model.bin): they hold objects "
                               "other than tensors, and fasttda never unpickles code; convert them to "
                               "safetensors") from None
     except (OSError, ValueError, KeyError) as exc:
         raise CheckpointError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+
+
+@contextmanager
+def quiet_transformers():
+    """Transformers' logging at errors only and its progress bars off, restored on exit."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+def _load(path: Path, device, dtype, is_lora: bool) -> Checkpoint:
+    from transformers import AutoTokenizer
+
+    kwargs = {"local_files_only": True}
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    if is_lora:
+        from peft import AutoPeftModelForCausalLM
+
+        model = AutoPeftModelForCausalLM.from_pretrained(str(path), **kwargs)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    tokenizer_dir = path if _has_tokenizer(path) else _lora_base_dir(path) if is_lora else path
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir), local_files_only=True)
     model.to(device).eval()
     return Checkpoint(str(path), model, tokenizer, is_lora)
 

@@ -8,9 +8,11 @@ training block and evaluated on the held-out one. Everything runs offline on a C
 """
 from __future__ import annotations
 
+import os
 import platform
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -49,7 +51,11 @@ class DemoConfig:
     max_length: int = 64
     two_stage_fraction: float = 0.1
     top_k: int = 50
-    threads: int = 2
+    threads: int = 2          # the student's training and encoding
+    # The teacher's ops (a 131k-parameter decoder) are too small to split across threads:
+    # a second thread only adds synchronisation, and on a busy machine threads that wait for
+    # each other at every op made gradient capture 17× slower than one thread (profiled).
+    teacher_threads: int = 1
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=30, lr=2e-4))
 
     @classmethod
@@ -62,12 +68,21 @@ class DemoConfig:
 
 
 def run(config: DemoConfig, out: str | Path, *, progress: bool = False, log=print) -> dict:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(config.threads)
-    try:
+    from fasttda.pipeline.checkpoints import quiet_transformers
+
+    with _threads(config.threads), quiet_transformers():
         return _run(config, Path(out), progress, log)
+
+
+@contextmanager
+def _threads(n: int):
+    """torch's intra-op threads set to ``n`` inside, restored on exit."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 def _teacher_model(config: DemoConfig, out: Path, progress: bool, log):
@@ -104,21 +119,29 @@ def split(examples, config: DemoConfig):
 def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     from fasttda.pipeline import load_checkpoint
 
+    from datetime import datetime, timezone
+
+    from fasttda.bench.machine import machine_info
+
     out.mkdir(parents=True, exist_ok=True)
+    env, date = machine_info("cpu"), datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
     t_start = time.perf_counter()
-    _quiet_transformers()
+    timings = {}
     torch.manual_seed(config.seed)
-    model_dir, examples = _teacher_model(config, out, progress, log)
-    anchors_train, anchors_eval, pool_train, pool_eval = split(examples, config)
-    ckpt = load_checkpoint(model_dir)
-    tcfg = TeacherConfig(projection=config.projection, seed=config.seed, max_length=128, fmt=config.teacher_fmt)
-    t0 = time.perf_counter()
-    teacher = build_teacher(model_dir, anchors_train, pool_train, out / "teacher-train", tcfg, checkpoint=ckpt,
-                            progress=progress)
-    held = build_teacher(model_dir, anchors_eval, pool_eval, out / "teacher-eval", tcfg, checkpoint=ckpt,
-                         progress=progress)
+    with _threads(config.teacher_threads):
+        model_dir, examples = _teacher_model(config, out, progress, log)
+        anchors_train, anchors_eval, pool_train, pool_eval = split(examples, config)
+        ckpt = load_checkpoint(model_dir)
+        tcfg = TeacherConfig(projection=config.projection, seed=config.seed, max_length=128, fmt=config.teacher_fmt)
+        t0 = time.perf_counter()
+        teacher = build_teacher(model_dir, anchors_train, pool_train, out / "teacher-train", tcfg, checkpoint=ckpt,
+                                progress=progress)
+        held = build_teacher(model_dir, anchors_eval, pool_eval, out / "teacher-eval", tcfg, checkpoint=ckpt,
+                             progress=progress)
+    timings["teacher_model_s"] = t0 - t_start
+    timings["teacher_s"] = time.perf_counter() - t0
     log(f"teacher: {config.projection} gradient rows for {len(examples)} examples in "
-        f"{time.perf_counter() - t0:.0f} s; Y blocks {list(teacher.y.shape)} (train), {list(held.y.shape)} (held out)")
+        f"{timings['teacher_s']:.0f} s; Y blocks {list(teacher.y.shape)} (train), {list(held.y.shape)} (held out)")
 
     student = Student.load(config.encoder, template=config.template, pooling=config.pooling,
                            max_length=config.max_length)
@@ -129,9 +152,14 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     student.save(out / "student")
     log(f"trained the student for {config.train.steps} steps in {history['seconds']:.0f} s")
 
+    timings["train_s"] = history["seconds"]
+    t0 = time.perf_counter()
     result = evaluate(student, held, untrained=untrained, progress=progress)
     matrices = result.pop("_s")
+    timings["eval_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     two = two_stage_sweep(student, held, out, config)
+    timings["two_stage_s"] = time.perf_counter() - t0
     flops = flop_ratio(student, ckpt, held.pool, config)
     report = {
         "trained": result["trained"], "untrained": result["untrained"], "tfidf": result["tfidf"],
@@ -142,10 +170,13 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                                 "gradient": float(held.meta["seconds_per_example"])},
         "two_stage": {"recall_at_50": two["recall"], "gradient_fraction": two["fraction"]},
     }
-    details = {"config": asdict(config), "train_loss": history["loss"], "train_s": history["seconds"],
+    details = {"date": date, "environment": env, "timings": timings,
+               "load_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+               "config": asdict(config), "train_loss": history["loss"], "train_s": history["seconds"],
                "two_stage_sweep": two["sweep"], "two_stage_union_fraction": two["union_fraction"],
                "top_k": config.top_k, "flops": flops, "total_s": time.perf_counter() - t_start,
-               "torch": torch.__version__, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+               "torch": torch.__version__,
+               "machine": f"{platform.machine()}, {torch.get_num_threads()} threads (teacher {config.teacher_threads})",
                "teacher": held.meta}
     paths = report_mod.write(out, report, details, matrices, held.y.numpy())
     log(f"wrote {paths['md']}, {paths['json']} and {paths['png']} in {time.perf_counter() - t_start:.0f} s")
@@ -163,7 +194,8 @@ def two_stage_sweep(student: Student, teacher: Teacher, out: Path, config: DemoC
     grad_store = FeatureStore.open(teacher.pool_store)
     queries = embed(student, teacher.anchors)
     ckpt = load_checkpoint(teacher.meta["model"])
-    grads = gradient_features(ckpt, teacher.anchors, TeacherConfig(**teacher.meta["config"]))
+    with _threads(config.teacher_threads):
+        grads = gradient_features(ckpt, teacher.anchors, TeacherConfig(**teacher.meta["config"]))
     n, k = len(teacher.pool), min(config.top_k, len(teacher.pool))
     read = store_rows(grad_store)
     everything = torch.arange(n).expand(len(grads), n).contiguous()
@@ -200,9 +232,3 @@ def linear_params(model: torch.nn.Module, skip=()) -> int:
     return sum(m.weight.numel() for name, m in model.named_modules()
                if isinstance(m, torch.nn.Linear) and not any(s in name for s in skip))
 
-
-def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

@@ -56,8 +56,14 @@ def write(out: Path, report: dict, details: dict, matrices: dict, y: np.ndarray)
                   "| candidates per query | fraction of pool | recall | union over queries |", "|---:|---:|---:|---:|"]
         lines += [f"| {r['candidates']} | {r['fraction']:.3f} | {r['recall']:.3f} | {r['union_fraction']:.3f} |"
                   for r in sweep]
-    lines += ["", f"Total time {details.get('total_s', 0):.0f} s on {details.get('machine', '?')}. "
-              "Full configuration and the training loss in details.json."]
+    env = details.get("environment", {})
+    git = env.get("git") or {}
+    load = [env.get("loadavg_start"), details.get("load_end")]
+    lines += ["", f"Total time {details.get('total_s', 0):.0f} s on {env.get('cpu', '?')} "
+              f"({details.get('machine', '?')}), {details.get('date', '?')}, fasttda commit "
+              f"{(git.get('commit') or '?')[:12]}{' (dirty)' if git.get('dirty') else ''}; load average (1 min) "
+              f"at start/end {', '.join('?' if x is None else f'{x[0]:.1f}' for x in load)}. "
+              "Full configuration, the training loss and the timings in details.json."]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return {"md": out / "report.md", "json": out / "report.json", "png": png}
 

@@ -173,20 +173,15 @@ def _read_config(path: Path) -> StudentConfig:
 
 def _load_encoder(path: Path):
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    from fasttda.pipeline.checkpoints import quiet_transformers
+
     try:
-        encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        with quiet_transformers():
+            encoder = AutoModel.from_pretrained(str(path), local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
         raise EncoderError(f"cannot load the encoder in {path}: {str(exc).splitlines()[0]}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     if not hasattr(encoder.config, "hidden_size"):
         raise EncoderError(f"{path}: the model's config has no hidden_size; give a text encoder")
     return encoder, tokenizer

@@ -34,6 +34,9 @@ class TrainConfig:
     hard_fraction: float = 0.5
     hard_top: int = 32              # hard candidates come from each anchor's teacher top-`hard_top`
     freeze_embeddings: bool = True  # keep the token embeddings fixed (most of a small encoder's weights)
+    # train only the top `train_layers` transformer layers (None: all). Autograd then stops
+    # below them, so a step costs a forward plus the backward of those layers only.
+    train_layers: int | None = None
     seed: int = 0
 
     def check(self, n_anchors: int, n_pool: int) -> None:
@@ -44,6 +47,8 @@ class TrainConfig:
         for name, lo, hi in (("warmup", 0, 1), ("hard_fraction", 0, 1), ("alpha", 0, 1)):
             if not lo <= getattr(self, name) <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
+        if self.train_layers is not None and (not isinstance(self.train_layers, int) or self.train_layers < 1):
+            raise ValueError(f"train_layers must be None or an int >= 1, got {self.train_layers!r}")
         for name in ("lr", "tau", "clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -86,6 +91,29 @@ class BlockSampler:
         return anchors, torch.tensor(chosen[:m])
 
 
+def layer_stack(encoder: torch.nn.Module) -> torch.nn.ModuleList:
+    """The encoder's list of transformer layers (the ModuleList of ``num_hidden_layers`` blocks)."""
+    n = getattr(encoder.config, "num_hidden_layers", None)
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise ValueError(f"cannot find the {n} transformer layers of {type(encoder).__name__}; use train_layers=None")
+
+
+def freeze_below(encoder: torch.nn.Module, top: int) -> None:
+    """Freeze every weight but those of the top ``top`` layers and what follows them."""
+    layers = layer_stack(encoder)
+    keep = {id(p) for layer in list(layers)[max(0, len(layers) - top):] for p in layer.parameters()}
+    in_layers = {id(p) for p in layers.parameters()}
+    for p in encoder.parameters():
+        if id(p) in in_layers and id(p) not in keep:
+            p.requires_grad_(False)
+    encoder.get_input_embeddings().requires_grad_(False)
+    for module in encoder.modules():  # the embeddings block (positions, token types, norm) too
+        if module is not encoder and "embeddings" in type(module).__name__.lower():
+            module.requires_grad_(False)
+
+
 def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: torch.Tensor,
           config: TrainConfig | None = None, *, progress: bool = False, log=None) -> dict:
     """Fine-tune ``student`` in place on Y ``[len(anchor_texts), len(pool_texts)]``;
@@ -99,6 +127,8 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
     sampler = BlockSampler(y.to(torch.float32), config)
     if config.freeze_embeddings:
         student.encoder.get_input_embeddings().requires_grad_(False)
+    if config.train_layers is not None:
+        freeze_below(student.encoder, config.train_layers)
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
