@@ -24,7 +24,25 @@ def run(ctx) -> list[dict]:
     out = []
     for fmt in FORMATS:
         out += format_cases(ctx, xs, fmt)
-    return out
+    return add_goals(out, ctx)
+
+
+CAST_GOAL = 0.9  # issue 16: the C++ bf16/fp16 cast at >= 0.9x eager torch
+
+
+def add_goals(results: list[dict], ctx) -> list[dict]:
+    """``extra["goals"]`` on the C++ bf16/fp16 quantize rows: time vs eager torch's cast."""
+    if ctx.device != "cpu" or ctx.quick:
+        return results
+    base = {r["name"]: r for r in results if r.get("status") == "ok" and r["impl"] == "torch.eager"}
+    for r in results:
+        name = r.get("name")
+        if (r.get("status") == "ok" and r["impl"] == "fasttda.quantize[cpp]" and name in base
+                and name in ("quantize_bf16", "quantize_fp16")):
+            value = base[name]["median_s"] / r["median_s"]
+            r["extra"]["goals"] = [dict(goal=f"{name} vs torch.eager >= {CAST_GOAL}", value=round(value, 4),
+                                        met=value >= CAST_GOAL)]
+    return results
 
 
 def torch_quantize(x: torch.Tensor, fmt: str):

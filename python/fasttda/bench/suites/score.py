@@ -69,7 +69,7 @@ def run(ctx) -> list[dict]:
             del stored
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return add_floors(out)
+    return add_goals(add_floors(out), ctx)
 
 
 COPY = "torch.copy_[bandwidth]"
@@ -237,3 +237,39 @@ def store_cases(ctx, stored, norms, fmt, queries, k, exact, d, root) -> list[dic
         opened.close()
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+# issue 16's CPU targets for the C++ backend: (applies to Q, formats, what, op, target)
+CPU_GOALS = [
+    (lambda q: q <= 8, ("int8", "fp8_e4m3", "int4"), "ratio", ">=", 2.5),
+    (lambda q: q <= 8, ("fp16", "bf16"), "ratio", ">=", 1.6),
+    (lambda q: q <= 8, ("bf16", "fp16", "int8", "fp8_e4m3", "int4"), "x_floor", "<=", 1.5),
+    (lambda q: q == 32, ("int8",), "ratio", ">=", 1.5),
+    (lambda q: q >= 256, FORMATS, "ratio", ">=", 1.0),
+]
+
+
+def add_goals(results: list[dict], ctx) -> list[dict]:
+    """``extra["goals"]`` on the ``fasttda.score_topk[fmt][cpp]`` rows: each target, its value, met or not.
+
+    ``ratio`` is the torch fp32 baseline's median over this row's (what ``vs base`` shows),
+    ``x_floor`` the row's median over its bandwidth floor (see `add_floors`)."""
+    if ctx.device != "cpu" or ctx.quick:
+        return results
+    base = {r["params"]["Q"]: r for r in results if r.get("status") == "ok" and r["impl"] == BASELINE}
+    for r in results:
+        if r.get("status") != "ok" or not r["impl"].endswith("[cpp]") or not r["impl"].startswith("fasttda.score_topk"):
+            continue
+        q, fmt, extra = r["params"]["Q"], r["extra"].get("fmt"), r["extra"]
+        values = {"x_floor": extra.get("x_floor")}
+        if q in base:
+            values["ratio"] = base[q]["median_s"] / r["median_s"]
+        goals = []
+        for applies, formats, what, op, target in CPU_GOALS:
+            value = values.get(what)
+            if applies(q) and fmt in formats and value is not None:
+                label = f"{fmt} Q={q} {'vs torch fp32' if what == 'ratio' else 'time / bandwidth floor'}"
+                goals.append(dict(goal=f"{label} {op} {target}", value=round(value, 4),
+                                  met=value >= target if op == ">=" else value <= target))
+        extra["goals"] = goals
+    return results
