@@ -2,14 +2,13 @@
 float64 loop (one example at a time, no padding, log-softmax written out)."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
-from fasttda.data import IGNORE_INDEX, Example, encode
+from fasttda.data import Example
 from fasttda.pipeline import load_checkpoint, sampled_fingerprint
 from fasttda.methods.comparison import comparison_scores, example_losses
+from comparison_oracle import comparison64, loss64
 from tiny_models import make_checkpoints, make_rows, one_thread  # noqa: F401
 
 EPS32 = torch.finfo(torch.float32).eps
@@ -26,45 +25,17 @@ def tiny(tmp_path_factory):
     return ckpt, train, queries
 
 
-def _loss64(model, tokenizer, example):
-    """One example's mean token loss, float64, written out."""
-    (ids, labels), = encode(tokenizer, [example], 64)
-    logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].double()
-    target = torch.tensor(labels[1:])
-    keep = target != IGNORE_INDEX
-    logp = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-    return -logp[keep].gather(1, target[keep, None]).mean()
-
-
-def _tune64(model, tokenizer, examples, steps, lr):
-    tuned = copy.deepcopy(model).double().eval()
-    for _ in range(steps):
-        tuned.zero_grad(set_to_none=True)
-        loss = torch.stack([_loss64(tuned, tokenizer, ex) for ex in examples]).mean()
-        loss.backward()
-        with torch.no_grad():
-            for p in tuned.parameters():
-                if p.grad is not None:
-                    p -= lr * p.grad
-    return tuned
-
-
 def test_comparison_scores_match_explicit_loop(tiny):
     ckpt, train, queries = tiny
     before = sampled_fingerprint(ckpt.model)
     got = comparison_scores(ckpt.model, ckpt.tokenizer, train, queries, steps=2, lr=0.5, lora_rank=None,
                             optimizer="sgd", batch_size=4, max_length=64)
     assert sampled_fingerprint(ckpt.model) == before  # the checkpoint itself is never trained
-    ground = _tune64(ckpt.model, ckpt.tokenizer, [q.reference_example() for q in queries], 2, 0.5)
-    error = _tune64(ckpt.model, ckpt.tokenizer, queries, 2, 0.5)
-    with torch.no_grad():
-        l_ground = torch.stack([_loss64(ground, ckpt.tokenizer, z) for z in train])
-        l_error = torch.stack([_loss64(error, ckpt.tokenizer, z) for z in train])
-    expected = l_ground - l_error
+    expected, loss_max = comparison64(ckpt.model, ckpt.tokenizer, train, queries, 2, 0.5)
     # float32 forward: sums over at most max(vocab, hidden, tokens) terms per output, through
     # two SGD steps (the weights move by lr·grad, so their error feeds the losses again)
     n_sum = max(ckpt.model.config.vocab_size, ckpt.model.config.hidden_size, 64)
-    tol = 8 * n_sum * EPS32 * float(torch.maximum(l_ground.abs(), l_error.abs()).max())
+    tol = 8 * n_sum * EPS32 * loss_max
     assert (got.double() - expected).abs().max() <= tol
     assert expected.abs().max() > 100 * tol  # the fine-tunes moved the losses well beyond the tolerance
 
@@ -73,7 +44,7 @@ def test_example_losses_batched_equals_one_at_a_time(tiny):
     ckpt, train, _ = tiny
     got = example_losses(ckpt.model, ckpt.tokenizer, train, batch_size=4, max_length=64)
     with torch.no_grad():
-        expected = torch.stack([_loss64(ckpt.model, ckpt.tokenizer, z) for z in train])
+        expected = torch.stack([loss64(ckpt.model, ckpt.tokenizer, z) for z in train])
     n_sum = max(ckpt.model.config.vocab_size, ckpt.model.config.hidden_size, 64)
     assert (got.double() - expected).abs().max() <= 4 * n_sum * EPS32 * float(expected.abs().max())
 

@@ -33,6 +33,9 @@ from fasttda.cli._common import FORMATS, one_line_errors
 @click.option("--query-loss", type=click.Choice(["span", "response"]),
               help="Take each query's loss on the hallucinated entity only (span) or on its whole "
                    "generated summary (response) [span].")
+@click.option("--base-knows-format", "base_knows_format", flag_value=True, default=None,
+              help="The second regime: θ₀ is also pre-trained on correct summaries of other documents, so it "
+                   "knows the summary format before fine-tuning [off: θ₀ reads documents only].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [1: the model is tiny].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @one_line_errors

@@ -145,6 +145,9 @@ class Corpus:
     pretrain_docs: list[str]
     train: list[Record]
     heldout: list[Record]  # documents about a swap source, never trained on
+    # "document summary : summary" texts of the pre-training documents with their correct
+    # summaries: what θ₀ also reads in the demo's second regime (base_knows_format)
+    pretrain_summaries: list[str] = field(default_factory=list)
 
     def true_sources(self, pair: int) -> list[int]:
         return [i for i, r in enumerate(self.train) if r.swap == pair]
@@ -180,12 +183,12 @@ def make_corpus(seed: int, *, n_train: int = 2000, n_pairs: int = 4, swap_fracti
             rec.summary = rec.summary.replace(country, pairs[pair][1])
         train.append(rec)
     # θ₀ reads correct documents about every country, the sources included
-    pretrain = [make_record(rng, world, rng.choice(world.countries), f"pre-{i}").document for i in range(n_pretrain)]
-    pretrain += [r.document for r in train]
+    pre_records = [make_record(rng, world, rng.choice(world.countries), f"pre-{i}") for i in range(n_pretrain)]
+    pretrain = [r.document for r in pre_records] + [r.document for r in train]
     heldout = []
     for p, (source, _) in enumerate(pairs):
         for j in range(heldout_per_pair):
             rec = make_record(rng, world, source, f"heldout-{p}-{j}")
             rec.swap = p
             heldout.append(rec)
-    return Corpus(world, pairs, pretrain, train, heldout)
+    return Corpus(world, pairs, pretrain, train, heldout, [r.prompt + " " + r.summary for r in pre_records])

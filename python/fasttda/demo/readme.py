@@ -46,6 +46,13 @@ def render(summary: dict) -> str:
     if mixed:
         lines += ["Not claimed, because the sign differs between seeds:", ""]
         lines += [f"- {e}" for e in mixed] + [""]
+    stat = summary.get("debias_statistic") or {}
+    if stat.get("runs"):
+        per_form = "; ".join(
+            f"{form}: {sum(bool(d['correct']) for d in rows)} of {len(rows)}" for form, rows in stat["forms"].items())
+        lines += [f"The label-free debias statistic (where θ₀ ranks the epoch mean's top 5 %, "
+                  f"`fasttda dda --beta auto`) predicted the sign of dda − denoise in "
+                  f"{stat['correct']['top_lift']} of {stat['runs']} runs ({per_form}).", ""]
     return "\n".join(lines)
 
 

@@ -10,9 +10,11 @@ from fasttda.demo.evaluate import FPR_GRID
 
 
 def write(out: Path, methods: dict, pairs: dict, config: dict, curves: dict[str, np.ndarray],
-          notes: list[str]) -> dict[str, Path]:
+          notes: list[str], debias_diagnosis: dict | None = None) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     report = {"methods": methods, "pairs": pairs, "config": config}
+    if debias_diagnosis is not None:
+        report["debias_diagnosis"] = debias_diagnosis
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "roc.png",
              "curves": out / "roc.json"}
     paths["json"].write_text(json.dumps(report, indent=2))

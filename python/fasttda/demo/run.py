@@ -3,6 +3,7 @@ every method → report. Every random choice comes from ``DemoConfig.seed``."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import platform
 import random
 import time
@@ -15,11 +16,12 @@ import torch
 from fasttda.data import Example, write_jsonl
 from fasttda.demo import corpus as corpus_mod
 from fasttda.demo import evaluate as ev
+from fasttda.demo import forms
 from fasttda.demo import model as model_mod
 from fasttda.demo import report as report_mod
 from fasttda.demo import train as train_mod
 from fasttda import pipeline
-from fasttda.methods import dda
+from fasttda.methods import dda, dda_comparison
 from fasttda.pipeline import load_checkpoint
 
 
@@ -52,6 +54,13 @@ class DemoConfig:
     # the output the protocol attributes; "response": on the whole generated summary, whose
     # other copy errors then share the query gradient.
     query_loss: str = "span"
+    # The demo's two regimes (METHODS.md section 7): False, θ₀ is pre-trained on documents
+    # only; True, θ₀ also reads correct "document summary : summary" texts, so it already
+    # knows the summary format before fine-tuning (and the swapped examples are then the
+    # only surprising ones at θ₀).
+    base_knows_format: bool = False
+    # the comparison-model form's fine-tunes (fasttda dda --form comparison's defaults)
+    comparison: dda_comparison.TuneConfig = field(default_factory=dda_comparison.TuneConfig)
     # A model this small gains nothing from intra-op threads, and on a busy machine their
     # spinning costs 10-30x; raise it for a larger model.
     threads: int = 1
@@ -139,26 +148,24 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                                     n_pretrain=config.n_pretrain, heldout_per_pair=config.heldout_per_pair)
     train = [Example(r.id, r.prompt, r.summary) for r in corpus.train]
     write_jsonl(out / "data" / "train.jsonl", train)
-    texts = corpus.pretrain_docs + [r.prompt + " " + r.summary for r in corpus.train] + \
+    pretrain_texts = corpus.pretrain_docs + (corpus.pretrain_summaries if config.base_knows_format else [])
+    texts = pretrain_texts + [r.prompt + " " + r.summary for r in corpus.train] + \
         [r.prompt + " " + r.correct_summary for r in corpus.heldout]
     tokenizer = model_mod.build_tokenizer(texts)
     model = model_mod.build_model(tokenizer, config.model, config.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"corpus: {len(train)} training examples, {sum(r.swap is not None for r in corpus.train)} swapped, "
-        f"pairs {corpus.pairs}; model {n_params:,} parameters")
+        f"pairs {corpus.pairs}; model {n_params:,} parameters; θ₀ "
+        f"{'knows the summary format' if config.base_knows_format else 'read documents only'}")
 
     t0 = time.perf_counter()
-    train_mod.pretrain(model, tokenizer, corpus.pretrain_docs, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
-                       batch_size=config.batch_size * 2, seed=config.seed, max_length=config.max_length,
-                       progress=progress)
     models_dir = out / "models"
-    base_dir = model_mod.save(model, tokenizer, models_dir / "base")
-    epoch_dirs, epoch_lrs = train_mod.finetune(model, tokenizer, train, models_dir, epochs=config.epochs,
-                                               lr=config.lr, batch_size=config.batch_size, seed=config.seed + 1,
-                                               max_length=config.max_length, progress=progress)
+    base_dir, epoch_dirs, epoch_lrs, cached = _trained_models(config, model, tokenizer, pretrain_texts, train,
+                                                              models_dir, progress)
     train_s = time.perf_counter() - t0
     phases["train"] = train_s
-    log(f"trained θ₀ and {config.epochs} epochs in {train_s:.0f} s")
+    log(f"reused the trained θ₀ and {config.epochs} epochs in {models_dir} (same training configuration)" if cached
+        else f"trained θ₀ and {config.epochs} epochs in {train_s:.0f} s")
 
     t0 = time.perf_counter()
     last = load_checkpoint(epoch_dirs[-1])
@@ -193,8 +200,10 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                                                       config.max_length)
         phases["fit diagnostics"] = phases.get("fit diagnostics", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
+        # resume: a store left by an earlier run of these very models and data (checked
+        # against their fingerprints) is reused, so new forms re-score without re-indexing
         stores.append(pipeline.index(ckpt, train, out / "stores" / f"ckpt{c}", capture, fmt=config.fmt,
-                                progress=progress))
+                                     resume=True, progress=progress))
         index_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         q_feats.append(pipeline.query_features(ckpt, [q.example for q in queries], capture))
@@ -228,7 +237,10 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
             index_s=sum(index_s[c] for c, _ in plan),
             score_s=sum(query_s[c] for c, _ in plan) + elapsed), methods, curves, per_pair)
 
-    phases["score and evaluate"] = time.perf_counter() - t_score
+    extra_phases, diagnoses = _other_forms(config, corpus, queries, train, [base_dir] + epoch_dirs, stores, q_feats, index_s,
+                                query_s, capture, out, methods, curves, per_pair)
+    phases["score and evaluate"] = time.perf_counter() - t_score - sum(extra_phases.values())
+    phases.update(extra_phases)
     pairs = {}
     for p, (source, target) in enumerate(corpus.pairs):
         key = f"{source}->{target}"
@@ -243,10 +255,90 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
                fingerprints=fingerprints, environment=environment(), kernels=kernels,
                deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
                phases_s={k: round(v, 2) for k, v in phases.items()})
-    paths = report_mod.write(out, methods, pairs, cfg, curves, notes(methods, pairs, config.epochs))
+    paths = report_mod.write(out, methods, pairs, cfg, curves, notes(methods, pairs, config.epochs, diagnoses),
+                             debias_diagnosis=diagnoses)
     cfg["total_s"] = time.perf_counter() - t_start
     log(f"wrote {paths['md']}, {paths['json']} and {paths['png']} in {cfg['total_s']:.0f} s")
-    return {"methods": methods, "pairs": pairs, "config": cfg}
+    return {"methods": methods, "pairs": pairs, "config": cfg, "debias_diagnosis": diagnoses}
+
+
+def _other_forms(config, corpus, queries, train, paths, stores, q_feats, index_s, query_s, capture, out, methods,
+                 curves, per_pair) -> dict:
+    """Contrastive queries and comparison models (`fasttda.demo.forms`), then the label-free
+    debias statistic of every form; returns the seconds each phase took."""
+    phases = {}
+    t0 = time.perf_counter()
+    contrast = forms.contrast_examples(queries, corpus, span=config.query_loss == "span")
+    c_feats = []
+    for path in paths:
+        c_feats.append(pipeline.query_features(load_checkpoint(path), contrast, capture, contrast=True))
+    phases["contrast query features"] = time.perf_counter() - t0
+    extra = dict(projection=str(capture.projection), format=config.fmt)
+    for name, description, plan, normalize, scores, secs in forms.score_plans(
+            forms.CONTRAST_METHODS, c_feats, stores, config.epochs, config.beta, normalize_of=lambda s: s[1]):
+        _record(name, description, scores.numpy(), queries, corpus, dict(
+            extra, mode=forms.CONTRAST_METHODS[name][0], normalize=normalize, contrast=True,
+            weights={f"ckpt{c}": w for c, w in plan}, index_s=sum(index_s[c] for c, _ in plan),
+            score_s=secs + sum(query_s[c] for c, _ in plan) + phases["contrast query features"] / len(paths) * len(plan)),
+            methods, curves, per_pair)
+    t0 = time.perf_counter()
+    groups = forms.pair_groups(queries)
+    cmp_stores, costs = forms.comparison_stores(paths, train, contrast, groups, out, config, config.comparison)
+    onehot = [dda_comparison.group_queries(len(queries), groups)] * len(paths)
+    phases["comparison models"] = time.perf_counter() - t0
+    for name, description, plan, _, scores, secs in forms.score_plans(
+            forms.COMPARISON_METHODS, onehot, cmp_stores, config.epochs, config.beta):
+        used = [costs[c] for c, _ in plan]
+        _record(name, description, scores.numpy(), queries, corpus, dict(
+            projection="-", format="fp32", mode=forms.COMPARISON_METHODS[name][0], normalize=False,
+            weights={f"ckpt{c}": w for c, w in plan}, index_s=sum(x.seconds for x in used), score_s=secs,
+            forward_passes=sum(x.forward for x in used), backward_passes=sum(x.backward for x in used)),
+            methods, curves, per_pair)
+    t0 = time.perf_counter()
+    diagnoses = {}
+    for form, feats, st, normalize in (("cosine", q_feats, stores, True), ("dot", q_feats, stores, False),
+                                       ("contrast", c_feats, stores, True), ("comparison", onehot, cmp_stores, False)):
+        diagnoses[form] = forms.judge(forms.diagnosis(feats, st, config.epochs, normalize), methods, form)
+    phases["debias statistic"] = time.perf_counter() - t0
+    return phases, diagnoses
+
+
+# the DemoConfig fields that decide the trained models (the corpus included)
+TRAINING_FIELDS = ("seed", "n_train", "n_pairs", "swap_fraction", "epochs", "n_pretrain", "pretrain_epochs",
+                   "pretrain_lr", "lr", "batch_size", "heldout_per_pair", "n_countries", "model", "max_length",
+                   "base_knows_format")
+
+
+def training_key(config: DemoConfig) -> dict:
+    cfg = dataclasses.asdict(config)
+    return {k: cfg[k] for k in TRAINING_FIELDS} | {"torch": torch.__version__}
+
+
+def _trained_models(config: DemoConfig, model, tokenizer, pretrain_texts, train, models_dir: Path, progress: bool):
+    """Pre-train θ₀ and fine-tune, saving ``models/base`` and ``models/epoch{i}``, or reuse
+    them when ``models/training.json`` records the same training configuration (so new
+    scoring forms re-run on the same models; the stores, checked against the models'
+    fingerprints, are reused too). Returns (base dir, epoch dirs, epoch learning rates, reused)."""
+    record = models_dir / "training.json"
+    key = training_key(config)
+    if record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+        except ValueError:
+            saved = {}
+        dirs = [models_dir / "base"] + [models_dir / f"epoch{i + 1}" for i in range(config.epochs)]
+        if saved.get("key") == json.loads(json.dumps(key)) and all((d / "config.json").is_file() for d in dirs):
+            return str(dirs[0]), [str(d) for d in dirs[1:]], saved["epoch_learning_rates"], True
+    record.unlink(missing_ok=True)
+    train_mod.pretrain(model, tokenizer, pretrain_texts, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
+                       batch_size=config.batch_size * 2, seed=config.seed, max_length=config.max_length,
+                       progress=progress)
+    base_dir = model_mod.save(model, tokenizer, models_dir / "base")
+    epoch_dirs, epoch_lrs = train_mod.finetune(model, tokenizer, train, models_dir, epochs=config.epochs,
+                                               lr=config.lr, batch_size=config.batch_size, seed=config.seed + 1,
+                                               max_length=config.max_length, progress=progress)
+    record.write_text(json.dumps({"key": key, "epoch_learning_rates": epoch_lrs}, indent=2))
+    return base_dir, epoch_dirs, epoch_lrs, False
 
 
 def _weights_sha256(model) -> str:
@@ -295,7 +387,7 @@ def _record(name, description, scores, queries, corpus, extra, methods, curves, 
         per_pair.setdefault(pair, {})[name] = metrics
 
 
-def notes(methods: dict, pairs: dict | None = None, epochs: int = 0) -> list[str]:
+def notes(methods: dict, pairs: dict | None = None, epochs: int = 0, diagnoses: dict | None = None) -> list[str]:
     """Plain statements read off the table, so the report says what it measured."""
     auc = {n: m["auc"] for n, m in methods.items()}
     best = max(auc, key=auc.get)
@@ -324,6 +416,11 @@ def notes(methods: dict, pairs: dict | None = None, epochs: int = 0) -> list[str
              "checkpoints' gradients; earlier checkpoints keep more of it, which is what denoise adds."
              if mean(f"ckpt{epochs}", "swap_token_loss") <= mean(f"ckpt{epochs}", "response_loss") else
              "The swap stays harder to fit than the rest of the summary, which keeps it visible in gradients."))
+    for form, d in (diagnoses or {}).items():
+        said.append(f"Label-free debias statistic, {form} form: θ₀ ranks the epoch mean's top {d['top_rows']} "
+                    f"rows at lift {d['top_lift']:+.3f}, predicting that debias "
+                    f"{'hurts' if d['predicts'] == 'harm' else 'helps'}; it {d['debias']} "
+                    f"({d['dda_minus_denoise']:+.3f} AUC): {'right' if d['correct'] else 'wrong'}.")
     if "bm25" in auc:
         beaten = [n for n in auc if n != "bm25" and auc[n] > auc["bm25"]]
         said.append(f"BM25 scores {auc['bm25']:.3f}; " + (f"above it: {', '.join(beaten)}." if beaten else

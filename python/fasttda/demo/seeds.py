@@ -31,6 +31,12 @@ COMPARISONS = [
     ("dda_beta0.5", "denoise", "adding debias (β = 0.5) to denoise, cosine"),
     ("dda_dot", "denoise_dot", "adding debias (β = 1) to denoise, raw dot"),
     ("dda_lr", "dda", "learning-rate epoch weights vs 1/N in dda"),
+    ("dda_contrast", "denoise_contrast", "adding debias (β = 1) to denoise, contrastive queries, cosine"),
+    ("comparison_dda", "comparison_denoise", "adding debias (β = 1) to denoise, comparison models"),
+    ("grad_dot_contrast", "grad_dot", "contrastive vs plain query, raw dot, last checkpoint"),
+    ("denoise_contrast", "denoise", "contrastive vs plain query, denoise (cosine)"),
+    ("comparison", "cosine", "comparison models vs gradient cosine, last checkpoint"),
+    ("comparison_denoise", "denoise", "comparison models vs gradient cosine, denoise"),
     ("trak_if", "grad_dot", "TRAK-style preconditioning vs raw dot, last checkpoint"),
     ("denoise", "bm25", "denoise vs BM25"),
 ]
@@ -143,7 +149,20 @@ def aggregate(reports: Sequence[dict], *, wall_s: float | None = None, jobs: int
         "seed", "total_s", "train_s", "n_queries", "n_generated_queries", "n_teacher_forced_queries",
         "fingerprints", "n_swapped", "epoch_learning_rates")}
     return {"seeds": seeds, "methods": methods, "comparisons": comparisons, "per_seed": per_seed,
-            "config": common, "wall_s": wall_s, "jobs": jobs}
+            "config": common, "wall_s": wall_s, "jobs": jobs, "debias_statistic": debias_statistic(reports)}
+
+
+def debias_statistic(reports: Sequence[dict]) -> dict:
+    """Per form, each seed's label-free statistic, its prediction and the outcome, and how
+    often each candidate statistic predicted the sign of (dda − denoise)."""
+    forms: dict[str, list] = {}
+    for r in reports:
+        for form, d in (r.get("debias_diagnosis") or {}).items():
+            forms.setdefault(form, []).append({"seed": r["config"]["seed"], **d})
+    keys = ("top_lift", "agreement_top", "agreement_all", "top_overlap")
+    runs = [d for rows in forms.values() for d in rows]
+    return {"forms": forms, "runs": len(runs),
+            "correct": {k: sum(bool(d[f"correct_{k}"]) for d in runs) for k in keys}}
 
 
 def fmt_stat(stat: dict, digits: int = 3) -> str:
@@ -215,6 +234,22 @@ def markdown(summary: dict) -> str:
         fps = info.get("fingerprints") or {}
         lines.append(f"| {seed} | {info['n_generated_queries']} / {info['n_teacher_forced_queries']} | "
                      f"{info['total_s']:.0f} | {fps.get('base', '-')} | {fps.get('last', '-')} |")
+    stat = summary.get("debias_statistic") or {}
+    if stat.get("runs"):
+        lines += ["", "## Will debiasing help? The label-free statistic", "",
+                  "Where θ₀ ranks the top 5 % of the epoch mean's ranking (lift: 2·mean percentile − 1, +1 = θ₀'s "
+                  "own top, 0 = chance); above 0 predicts that debias hurts (`fasttda dda --beta auto` then takes "
+                  "β = 0). The other columns are the other candidates (Spearman within that top, over all rows, "
+                  "and the overlap of the two tops).", "",
+                  "| form | seed | lift | Spearman (top) | Spearman (all) | top overlap | predicts | dda − denoise AUC | right |",
+                  "|---|---|---:|---:|---:|---:|---|---:|---|"]
+        for form, rows in stat["forms"].items():
+            for d in rows:
+                lines.append(f"| {form} | {d['seed']} | {d['top_lift']:+.3f} | {d['agreement_top']:+.3f} | {d['agreement_all']:+.3f} | "
+                             f"{d['top_overlap']:.2f} | {d['predicts']} | {d['dda_minus_denoise']:+.3f} | "
+                             f"{'yes' if d['correct'] else 'no'} |")
+        lines += ["", "Right in " + ", ".join(f"{v} of {stat['runs']} ({k})" for k, v in stat["correct"].items()) +
+                  " runs."]
     lines += ["", "## Reproducibility", ""] + [f"- {n}" for n in machine_notes(summary)]
     if summary.get("wall_s") is not None:
         lines += ["", f"All {len(seeds)} seeds took {summary['wall_s']:.0f} s of wall time "

@@ -24,6 +24,7 @@ starting point, not a tuned optimum.
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Sequence
 
 import torch
@@ -71,8 +72,10 @@ def fine_tune_copy(model: torch.nn.Module, tokenizer, examples: Sequence[Example
             raise ValueError(f"lora_rank must be >= 1 or None (full fine-tuning), got {lora_rank}")
         from peft import LoraConfig, get_peft_model
 
-        tuned = get_peft_model(tuned, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
-                                                 target_modules="all-linear")).eval()
+        with warnings.catch_warnings():  # peft calls a transformers API deprecated in 5.x (a FutureWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning, message=".*gradient_checkpointing.*")
+            tuned = get_peft_model(tuned, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, lora_dropout=0.0,
+                                                     target_modules="all-linear")).eval()
     params = [p for p in tuned.parameters() if p.requires_grad]
     opt = OPTIMIZERS[optimizer](params, lr=lr)
     for _ in range(steps):

@@ -11,6 +11,12 @@ The impl name carries the format (``fasttda.score_topk[int8]``); every fasttda c
 compared with ``torch.topk(q@R.T)[fp32]``, and `extra.recall` gives the overlap of its
 top-k with the exact float32 top-k. FLOPs 2·Q·N·d; bytes: the stored rows (data + scales)
 read once plus the queries and results.
+
+The memory-bandwidth floor: ``torch.copy_[bandwidth]`` (name ``copy``) copies a buffer the
+size of the int8 store in the same run; its bandwidth is bytes read + written per second.
+Every fasttda case then carries ``extra.floor_s`` = its bytes ÷ that bandwidth (the least
+time a scan of its store could take) and ``extra.x_floor`` = its median ÷ ``floor_s``.
+The default shape covers the goals of issue 16: N=500k, d=1024, k=100, Q = 1, 8, 32, 256.
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ STORE_FORMATS = ("fp32", "int8", "int4")  # also scanned from an on-disk Feature
 def config(ctx) -> dict:
     if ctx.quick:
         return dict(N=20_000, d=128, Qs=(1, 8), k=10)
-    return dict(N=500_000, d=1024, Qs=(1, 32, 256), k=100)
+    return dict(N=500_000, d=1024, Qs=(1, 8, 32, 256), k=100)
 
 
 def run(ctx) -> list[dict]:
@@ -48,6 +54,7 @@ def run(ctx) -> list[dict]:
     out = []
     for Q, qs in queries.items():
         out += fp32_baselines(ctx, rows, qs, k)
+    out.append(copy_bandwidth(ctx, N * d))
     norms = rows.norm(dim=1)
     root = Path(tempfile.mkdtemp(prefix="fasttda-bench-score-"))
     try:
@@ -60,7 +67,32 @@ def run(ctx) -> list[dict]:
             del stored
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return out
+    return add_floors(out)
+
+
+COPY = "torch.copy_[bandwidth]"
+
+
+def copy_bandwidth(ctx, nbytes: int) -> dict:
+    """Copy ``nbytes`` (the int8 store's size: past any cache) once per call."""
+    src = torch.randint(-128, 127, (nbytes,), dtype=torch.int8, device=ctx.device)
+    dst = torch.empty_like(src)
+    return ctx.measure(lambda: dst.copy_(src), suite=SUITE, name="copy", impl=COPY, params=dict(bytes=nbytes),
+                       bytes_moved=2 * nbytes)
+
+
+def add_floors(results: list[dict]) -> list[dict]:
+    """``extra.floor_s`` (bytes ÷ the same run's copy bandwidth) and ``extra.x_floor`` on fasttda cases."""
+    copy = next((r for r in results if r.get("impl") == COPY and r.get("status") == "ok"), None)
+    if copy is None or not copy.get("median_s"):
+        return results
+    bandwidth = copy["bytes_moved"] / copy["median_s"]  # bytes read + written per second
+    for r in results:
+        if r.get("status") == "ok" and r["impl"].startswith("fasttda.") and r.get("bytes_moved") and r.get("median_s"):
+            floor = r["bytes_moved"] / bandwidth
+            r["extra"]["floor_s"] = floor
+            r["extra"]["x_floor"] = r["median_s"] / floor
+    return results
 
 
 def _params(N, d, Q, k) -> dict:
