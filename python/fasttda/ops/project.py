@@ -19,12 +19,14 @@ of P larger than that (out_dim > 2**22) is generated alone.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from fasttda._dispatch import Op
 from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
+from fasttda.ops._matrix_cache import BytesLRU
 from fasttda.ops._checks import check_float_tensor
 
 KINDS = ("rademacher", "gaussian", "sjlt")
@@ -59,7 +61,36 @@ def project(
     """
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
+    kept = _kept_matrix(x, out_dim, kind, k_row, k_col, offset, s, backend or "auto")
+    if kept is not None:  # x @ P with the unscaled P kept, then the scale once: the same sums
+        return torch.mm(x.to(torch.float32), kept).mul_(_scale(kind, out_dim, s))
     return _library.call("project", x, out_dim, kind, k_row, k_col, offset, s, backend or "auto")
+
+
+# -- kept matrices (CPU, few rows) --------------------------------------------------------
+# Generating P costs about as much per entry as a few rows of x @ P (a Gaussian entry far
+# more: a log, a sqrt and a sine per pair), so for few rows the generation dominates every
+# call (TRAK's resnet18 case: 8 x 11.7M to 20 columns). Then, like TRAK's BasicProjector,
+# `project` with backend "auto" keeps the unscaled P of a CPU call (this many bytes at most,
+# least recently used dropped) and later calls with the same seed, offset and shape are one
+# GEMM. `clear_kept_matrices()` frees them.
+KEPT_MATRIX_BYTES = int(os.environ.get("FASTTDA_PROJECT_KEEP_BYTES", 1 << 30))
+KEEP_MAX_ROWS = {"rademacher": 4, "gaussian": 64}  # x rows below which generation dominates
+_KEPT = BytesLRU(KEPT_MATRIX_BYTES)
+
+
+def clear_kept_matrices() -> None:
+    """Free the projection matrices `project` keeps for repeated small CPU calls."""
+    _KEPT.clear()
+
+
+def _kept_matrix(x, out_dim, kind, k_row, k_col, offset, s, backend):
+    B, D = x.shape
+    if (backend != "auto" or x.device.type != "cpu" or B > KEEP_MAX_ROWS.get(kind, -1)
+            or not _KEPT.fits(4 * D * out_dim) or torch.compiler.is_compiling()):
+        return None
+    build = lambda: MATRIX.resolve("auto", x.device)[1](D, out_dim, kind, k_row, k_col, offset, s, x.device)  # noqa: E731
+    return _KEPT.get((kind, k_row, k_col, offset, D, out_dim), build)
 
 
 def choose_backend(backend: str, kind: str, device: torch.device):
