@@ -144,10 +144,10 @@ def aggregate(reports: Sequence[dict], *, wall_s: float | None = None, jobs: int
         cfg = r["config"]
         per_seed[str(cfg["seed"])] = {k: cfg.get(k) for k in (
             "total_s", "train_s", "n_queries", "n_generated_queries", "n_teacher_forced_queries", "n_swapped",
-            "fingerprints")}
+            "fingerprints", "models_reused")}
     common = {k: v for k, v in reports[0]["config"].items() if k not in (
         "seed", "total_s", "train_s", "n_queries", "n_generated_queries", "n_teacher_forced_queries",
-        "fingerprints", "n_swapped", "epoch_learning_rates")}
+        "fingerprints", "n_swapped", "epoch_learning_rates", "models_reused", "phases_s")}
     return {"seeds": seeds, "methods": methods, "comparisons": comparisons, "per_seed": per_seed,
             "config": common, "wall_s": wall_s, "jobs": jobs, "debias_statistic": debias_statistic(reports)}
 
