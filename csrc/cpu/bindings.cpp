@@ -11,6 +11,7 @@ std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>&
 at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::vector<at::Tensor>& rows,
                            const std::vector<c10::optional<at::Tensor>>& factors,
                            const std::vector<std::string>& fmts, at::Tensor out);
+std::tuple<at::Tensor, bool> cast_checked_cpu(const at::Tensor& x, const std::string& fmt);
 at::Tensor project_cpu(const at::Tensor& x, int64_t out_dim, const std::string& kind, int64_t k_row, int64_t k_col,
                        int64_t offset, int64_t s);
 at::Tensor projection_matrix_cpu(int64_t in_dim, int64_t out_dim, const std::string& kind, int64_t k_row,
@@ -27,4 +28,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "Rows of the unscaled counter-hash P as float32 (see fasttda.ops.project.projection_matrix)");
   m.def("score_dense", &score_dense_cpu, "Dense scores of queries against stored rows into out");
+  m.def("cast_checked", &cast_checked_cpu,
+        "(x cast to bf16/fp16, ok): the range check fused into the cast (see fasttda.ops.quantize)");
 }

@@ -1,30 +1,43 @@
-// C++ CPU scoring: the reference's algorithm with the row conversion done by hand.
+// C++ CPU scoring: one pass over the stored rows, scores in cache-sized tiles, fused top-k.
 //
-// Same chunks, blocks, keys and merge as fasttda/ops/score.py (score_topk_reference),
-// so results are identical up to float32 matmul rounding. What differs: stored rows are
-// converted to float32 by vectorizable loops (fp8 through a 256-entry table, int4 nibbles
-// unpacked in place, fp16 by F16C) into a per-thread, cache-resident block, and the blocks
-// of a chunk are spread over the OpenMP threads, each running a single-threaded sgemm on its
-// block. torch's own fp8 -> float and int4 unpacking run tens of times slower than that.
+// The rows are cut into blocks pulled dynamically by the intra-op threads (one parallel
+// region, so a core another process steals delays only its own blocks). Each block's
+// scores land in a per-thread [Q, block] tile, two ways:
+//
+// * few queries (Q <= kDotMaxQueries): the stored rows are read once and converted to
+//   float32 in registers (score_rows.h), each converted vector feeding the FMAs of up to 8
+//   queries: the scan runs at the speed of the stored bytes, not of a float32 copy;
+// * many queries: the block is converted to float32 once into a cache-resident buffer and
+//   one single-threaded sgemm (at::mm) fills the tile: compute-bound, the converted block
+//   is reused by every query.
+//
+// Then the tile's per-row factors (scale, 1/norm) are applied as in the reference (the dot
+// product first, then the factor) and the stores are summed. Top-k: each thread keeps a
+// min-heap of packed keys per query (fasttda/topk.py: higher score first, equal scores by
+// lower row); a tile entry below the heap's smallest score is skipped after one compare,
+// so the N x Q scores are never stored. Non-finite scores are caught by their exponent bits.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
+#include "score_rows.h"
+
+using fasttda_cpu::Fmt;
 
 namespace {
 
-constexpr int64_t kBlockBytes = 1 << 20;         // float32 rows per block: about an L2
-constexpr int64_t kScoreBufferBytes = 32 << 20;  // one chunk of Q x rows float32 scores
-
-// Order = the codes of python/fasttda/formats.py (tests/test_formats.py checks it).
-enum class Fmt { fp32, bf16, fp16, int8, fp8, int4 };
+constexpr int64_t kDotMaxQueries = 16;   // above: convert a block to float32, then sgemm
+constexpr int64_t kDotBlockRows = 256;   // rows per block on the dot path
+constexpr int64_t kGemmBlockBytes = 1 << 20;  // float32 rows per block on the sgemm path: about an L2
 
 Fmt parse_fmt(const std::string& f) {
   if (f == "fp32") return Fmt::fp32;
@@ -36,154 +49,209 @@ Fmt parse_fmt(const std::string& f) {
   TORCH_CHECK(false, "unknown row format ", f);
 }
 
-const float* fp8_table() {
-  static float table[256];
-  static bool ready = [] {
-    for (int b = 0; b < 256; ++b) {
-      c10::Float8_e4m3fn v(static_cast<uint8_t>(b), c10::Float8_e4m3fn::from_bits());
-      table[b] = static_cast<float>(v);
-    }
-    return true;
-  }();
-  (void)ready;
-  return table;
-}
+struct Store {
+  Fmt fmt;
+  at::Tensor rows, query, permuted;  // query: float32 [Q, d] contiguous; permuted: in Row<fmt>'s lane order
+  const uint8_t* base;
+  int64_t stride;  // bytes between rows
+  int64_t dim;
+  const float* factor;  // per-row, or nullptr
+  at::Tensor factor_t;
+};
 
-// Rows [r0, r1) of `rows` (stored format) as float32 into out [r1 - r0, dim], unscaled.
-void to_float(const at::Tensor& rows, Fmt fmt, int64_t dim, int64_t r0, int64_t r1, float* out) {
-  const int64_t stride = rows.stride(0);
-  for (int64_t r = r0; r < r1; ++r) {
-    float* o = out + (r - r0) * dim;
-    switch (fmt) {
-      case Fmt::fp32: {
-        std::memcpy(o, rows.data_ptr<float>() + r * stride, dim * sizeof(float));
-        break;
-      }
-      case Fmt::bf16: {
-        const uint16_t* s = reinterpret_cast<const uint16_t*>(rows.data_ptr<at::BFloat16>()) + r * stride;
-        uint32_t* ob = reinterpret_cast<uint32_t*>(o);
-        for (int64_t j = 0; j < dim; ++j) ob[j] = static_cast<uint32_t>(s[j]) << 16;
-        break;
-      }
-      case Fmt::fp16: {
-        const uint16_t* s = reinterpret_cast<const uint16_t*>(rows.data_ptr<at::Half>()) + r * stride;
-        int64_t j = 0;
-#if defined(__F16C__)
-        for (; j + 8 <= dim; j += 8) {
-          __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j));
-          _mm256_storeu_ps(o + j, _mm256_cvtph_ps(h));
-        }
-#endif
-        for (; j < dim; ++j) o[j] = static_cast<float>(c10::Half(s[j], c10::Half::from_bits()));
-        break;
-      }
-      case Fmt::int8: {
-        const int8_t* s = rows.data_ptr<int8_t>() + r * stride;
-        for (int64_t j = 0; j < dim; ++j) o[j] = static_cast<float>(s[j]);
-        break;
-      }
-      case Fmt::fp8: {
-        const uint8_t* s = reinterpret_cast<const uint8_t*>(rows.data_ptr()) + r * stride;
-        const float* table = fp8_table();
-        for (int64_t j = 0; j < dim; ++j) o[j] = table[s[j]];
-        break;
-      }
-      case Fmt::int4: {
-        const uint8_t* s = rows.data_ptr<uint8_t>() + r * stride;
-        const int64_t pairs = dim / 2;
-        for (int64_t j = 0; j < pairs; ++j) {
-          o[2 * j] = static_cast<float>(s[j] & 0xF) - 8.0f;
-          o[2 * j + 1] = static_cast<float>(s[j] >> 4) - 8.0f;
-        }
-        if (dim % 2) o[dim - 1] = static_cast<float>(s[pairs] & 0xF) - 8.0f;
-        break;
-      }
-    }
-  }
+template <Fmt F>
+void permute_all(const at::Tensor& q, at::Tensor& out) {
+  for (int64_t i = 0; i < q.size(0); ++i)
+    fasttda_cpu::permute<F>(q.data_ptr<float>() + i * q.size(1), q.size(1), out.data_ptr<float>() + i * q.size(1));
 }
 
 struct Terms {
-  std::vector<at::Tensor> queries;  // float32 [Q, d_c], contiguous
-  std::vector<at::Tensor> rows;
-  std::vector<c10::optional<at::Tensor>> factors;
-  std::vector<Fmt> fmts;
+  std::vector<Store> stores;
   int64_t n_rows, n_queries, max_dim;
+  bool dot;  // the few-queries path
+  int64_t block;
 };
 
 Terms make_terms(const std::vector<at::Tensor>& queries, const std::vector<at::Tensor>& rows,
                  const std::vector<c10::optional<at::Tensor>>& factors, const std::vector<std::string>& fmts) {
   TORCH_CHECK(!rows.empty() && queries.size() == rows.size() && factors.size() == rows.size() &&
               fmts.size() == rows.size(), "score: one query tensor, rows tensor, factor and format per store");
-  Terms t{{}, {}, {}, {}, rows[0].size(0), queries[0].size(0), 0};
+  Terms t{{}, rows[0].size(0), queries[0].size(0), 0, false, 0};
   for (size_t c = 0; c < rows.size(); ++c) {
-    TORCH_CHECK(rows[c].device().is_cpu() && rows[c].stride(1) == 1, "score: rows must be CPU tensors with stride(1) == 1");
-    t.queries.push_back(queries[c].to(at::kFloat).contiguous());
-    t.rows.push_back(rows[c]);
-    t.factors.push_back(factors[c]);
-    t.fmts.push_back(parse_fmt(fmts[c]));
-    t.max_dim = std::max(t.max_dim, queries[c].size(1));
+    TORCH_CHECK(rows[c].device().is_cpu() && rows[c].dim() == 2 && (rows[c].size(1) <= 1 || rows[c].stride(1) == 1),
+                "score: rows must be 2-D CPU tensors with stride(1) == 1");
+    TORCH_CHECK(rows[c].size(0) == t.n_rows && queries[c].size(0) == t.n_queries, "score: stores disagree on N or Q");
+    Store s;
+    s.fmt = parse_fmt(fmts[c]);
+    s.rows = rows[c];
+    s.query = queries[c].to(at::kFloat).contiguous();
+    s.dim = s.query.size(1);
+    const int64_t width = s.fmt == Fmt::int4 ? (s.dim + 1) / 2 : s.dim;
+    TORCH_CHECK(rows[c].size(1) == width, "score: rows[", c, "] is ", rows[c].size(1), " wide, expected ", width);
+    s.base = static_cast<const uint8_t*>(rows[c].data_ptr());
+    s.stride = rows[c].stride(0) * static_cast<int64_t>(rows[c].element_size());
+    s.factor = nullptr;
+    if (factors[c].has_value()) {
+      s.factor_t = factors[c]->to(at::kFloat).contiguous();
+      TORCH_CHECK(s.factor_t.numel() == t.n_rows, "score: factors[", c, "] must have one entry per row");
+      s.factor = s.factor_t.data_ptr<float>();
+    }
+    t.max_dim = std::max(t.max_dim, s.dim);
+    t.stores.push_back(std::move(s));
+  }
+  t.dot = t.n_queries <= kDotMaxQueries;
+  t.block = t.dot ? kDotBlockRows : std::max<int64_t>(16, kGemmBlockBytes / (4 * std::max<int64_t>(t.max_dim, 1)));
+  if (t.dot) {
+    for (Store& s : t.stores) {
+      s.permuted = at::empty_like(s.query);
+      switch (s.fmt) {
+        case Fmt::int4: permute_all<Fmt::int4>(s.query, s.permuted); break;
+        default: s.permuted = s.query;  // the other formats keep the natural order
+      }
+    }
   }
   return t;
 }
 
-int64_t block_rows(int64_t dim) { return std::max<int64_t>(16, kBlockBytes / (4 * std::max<int64_t>(dim, 1))); }
-
-int64_t chunk_rows(int64_t n_queries, int64_t dim) {
-  const int64_t step = block_rows(dim);
-  return std::max(step, kScoreBufferBytes / (4 * n_queries) / step * step);
+template <Fmt F>
+void dot_block(const Store& s, int64_t r0, int64_t n, int64_t nq, float* out, int64_t ldo) {
+  fasttda_cpu::dot_rows<F>(s.base + r0 * s.stride, s.stride, n, s.permuted.data_ptr<float>(), nq, s.dim, s.dim,
+                           out, ldo);
 }
 
-// Scores of rows [lo, hi) into out [Q, hi - lo]: blocks spread over the threads.
-void chunk_scores(const Terms& t, int64_t lo, int64_t hi, at::Tensor out) {
-  const int64_t step = block_rows(t.max_dim);
-  const int64_t blocks = (hi - lo + step - 1) / step;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<float> buffer(step * t.max_dim);
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = lo + b * step, r1 = std::min(hi, r0 + step);
-      at::Tensor dest = out.narrow(1, r0 - lo, r1 - r0);
-      for (size_t c = 0; c < t.rows.size(); ++c) {
-        const int64_t dim = t.queries[c].size(1);
-        at::Tensor block;
-        if (t.fmts[c] == Fmt::fp32) {  // already float32: no copy
-          block = t.rows[c].narrow(0, r0, r1 - r0);
-        } else {
-          to_float(t.rows[c], t.fmts[c], dim, r0, r1, buffer.data());
-          block = at::from_blob(buffer.data(), {r1 - r0, dim}, at::kFloat);
-        }
-        at::Tensor part = at::mm(t.queries[c], block.t());
-        if (t.factors[c].has_value()) part.mul_(t.factors[c]->narrow(0, r0, r1 - r0));
-        if (c == 0) dest.copy_(part); else dest.add_(part);
+template <Fmt F>
+void convert_block(const Store& s, int64_t r0, int64_t n, float* out) {
+  fasttda_cpu::rows_to_float<F>(s.base + r0 * s.stride, s.stride, n, s.dim, out);
+}
+
+#define FASTTDA_SWITCH_FMT(fmt, CALL)            \
+  switch (fmt) {                                 \
+    case Fmt::fp32: CALL(Fmt::fp32); break;      \
+    case Fmt::bf16: CALL(Fmt::bf16); break;      \
+    case Fmt::fp16: CALL(Fmt::fp16); break;      \
+    case Fmt::int8: CALL(Fmt::int8); break;      \
+    case Fmt::fp8: CALL(Fmt::fp8); break;        \
+    case Fmt::int4: CALL(Fmt::int4); break;      \
+  }
+
+// Per-thread scratch: the score tile [Q, block], a second tile for other stores, a float32 block.
+struct Scratch {
+  std::vector<float> tile, part, rows;
+};
+
+// tile[q * n + i] = score of query q against row r0 + i, for i < n.
+void block_scores(const Terms& t, int64_t r0, int64_t n, Scratch& w) {
+  const int64_t nq = t.n_queries;
+  for (size_t c = 0; c < t.stores.size(); ++c) {
+    const Store& s = t.stores[c];
+    float* dest = c == 0 ? w.tile.data() : w.part.data();
+    if (t.dot) {
+#define DOT(F) dot_block<F>(s, r0, n, nq, dest, n)
+      FASTTDA_SWITCH_FMT(s.fmt, DOT)
+#undef DOT
+    } else {
+      at::Tensor block;
+      if (s.fmt == Fmt::fp32) {
+        block = s.rows.narrow(0, r0, n);
+      } else {
+#define CONVERT(F) convert_block<F>(s, r0, n, w.rows.data())
+        FASTTDA_SWITCH_FMT(s.fmt, CONVERT)
+#undef CONVERT
+        block = at::from_blob(w.rows.data(), {n, s.dim}, at::kFloat);
+      }
+      at::Tensor out = at::from_blob(dest, {nq, n}, at::kFloat);
+      at::mm_out(out, s.query, block.t());
+    }
+    const float* f = s.factor ? s.factor + r0 : nullptr;
+    float* tile = w.tile.data();
+    for (int64_t q = 0; q < nq; ++q) {
+      float* o = tile + q * n;
+      const float* p = dest + q * n;
+      if (c == 0) {
+        if (f) for (int64_t i = 0; i < n; ++i) o[i] = p[i] * f[i];
+      } else if (f) {
+        for (int64_t i = 0; i < n; ++i) o[i] += p[i] * f[i];
+      } else {
+        for (int64_t i = 0; i < n; ++i) o[i] += p[i];
       }
     }
+  }
+}
+
+bool all_finite(const float* x, int64_t n) {
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, x + i, 4);
+    bad |= static_cast<uint32_t>((b & 0x7F800000u) == 0x7F800000u);
+  }
+  return !bad;
+}
+
+// Runs work(worker, block) over all blocks, pulled dynamically inside one parallel region.
+template <typename Work>
+void for_blocks(int64_t n_blocks, int64_t workers, const Work& work) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w)
+      for (int64_t b = next++; b < n_blocks; b = next++) work(w, b);
   });
 }
 
-void check_finite(const at::Tensor& scores, int64_t first_row) {
-  if (scores.numel() && !std::isfinite(scores.sum().item<double>()) && !at::isfinite(scores).all().item<bool>())
-    TORCH_CHECK_VALUE(false, "scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), "
-                      "or the dot products overflow float32 (rows from ", first_row, "); rescale the features");
+int64_t worker_count(int64_t n_blocks) {
+  if (at::in_parallel_region()) return 1;
+  return std::max<int64_t>(1, std::min<int64_t>(n_blocks, at::get_num_threads()));
 }
 
-at::Tensor pack_keys_at(const at::Tensor& scores, const at::Tensor& rows) {
-  at::Tensor bits = (scores + 0.0).view(at::kInt);  // + 0.0 turns -0.0 into 0.0
-  at::Tensor ordered = at::where(bits >= 0, bits, at::bitwise_xor(bits, 0x7FFFFFFF)).to(at::kLong);
-  return at::bitwise_or(at::bitwise_left_shift(ordered, 32), at::rsub(rows, 0xFFFFFFFFLL));
+Scratch make_scratch(const Terms& t) {
+  Scratch w;
+  w.tile.resize(t.n_queries * t.block);
+  if (t.stores.size() > 1) w.part.resize(t.n_queries * t.block);
+  if (!t.dot) w.rows.resize(t.block * t.max_dim);
+  return w;
 }
 
-// Same as fasttda.ops.score.chunk_topk_keys.
-at::Tensor chunk_topk_keys(const at::Tensor& scores, int64_t first_row, int64_t k) {
-  k = std::min(k, scores.size(1));
-  auto [values, indices] = at::topk(scores, k, 1);
-  at::Tensor at_least_kth = (scores >= values.narrow(1, k - 1, 1)).sum(1);
-  at::Tensor keys = pack_keys_at(values, indices + first_row);
-  at::Tensor tied = (at_least_kth > k).nonzero().flatten();
-  if (tied.numel()) {
-    at::Tensor sub = scores.index_select(0, tied);
-    at::Tensor all_rows = at::arange(first_row, first_row + scores.size(1), scores.options().dtype(at::kLong));
-    keys.index_copy_(0, tied, std::get<0>(at::topk(pack_keys_at(sub, all_rows), k, 1)));
+// A key sorts as the reference's pack_keys: higher score, then lower row.
+inline int64_t pack_key(float s, int64_t row) {
+  s += 0.0f;  // -0.0 -> 0.0
+  int32_t b;
+  std::memcpy(&b, &s, 4);
+  const int32_t ordered = b >= 0 ? b : b ^ 0x7FFFFFFF;
+  return static_cast<int64_t>(static_cast<uint64_t>(static_cast<int64_t>(ordered)) << 32) |
+         (0xFFFFFFFFLL - row);
+}
+
+inline float key_score(int64_t key) {
+  const int32_t ordered = static_cast<int32_t>(key >> 32);
+  const int32_t b = ordered >= 0 ? ordered : ordered ^ 0x7FFFFFFF;
+  float s;
+  std::memcpy(&s, &b, 4);
+  return s;
+}
+
+// The k best keys of one query seen by one thread: a min-heap, and the score to beat.
+struct Best {
+  std::vector<int64_t> heap;
+  float floor = -std::numeric_limits<float>::infinity();
+
+  void offer(float s, int64_t row, int64_t k) {
+    const int64_t key = pack_key(s, row);
+    if (static_cast<int64_t>(heap.size()) < k) {
+      heap.push_back(key);
+      std::push_heap(heap.begin(), heap.end(), std::greater<int64_t>());
+      if (static_cast<int64_t>(heap.size()) == k) floor = key_score(heap.front());
+    } else if (key > heap.front()) {
+      std::pop_heap(heap.begin(), heap.end(), std::greater<int64_t>());
+      heap.back() = key;
+      std::push_heap(heap.begin(), heap.end(), std::greater<int64_t>());
+      floor = key_score(heap.front());
+    }
   }
-  return std::get<0>(at::sort(keys, 1, /*descending=*/true));
+};
+
+void raise_not_finite(int64_t first_row) {
+  TORCH_CHECK_VALUE(false, "scores are not finite: the rows or scales hold NaN/inf (a FeatureStore never does), "
+                    "or the dot products overflow float32 (rows from ", first_row, "); rescale the features");
 }
 
 }  // namespace
@@ -193,33 +261,72 @@ std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>&
                                                   const std::vector<c10::optional<at::Tensor>>& factors,
                                                   const std::vector<std::string>& fmts, int64_t k) {
   Terms t = make_terms(queries, rows, factors, fmts);
-  const int64_t step = chunk_rows(t.n_queries, t.max_dim);
-  at::Tensor buffer = at::empty({t.n_queries, std::min(step, t.n_rows)}, at::kFloat);
-  at::Tensor best;
-  for (int64_t lo = 0; lo < t.n_rows; lo += step) {
-    const int64_t hi = std::min(t.n_rows, lo + step);
-    at::Tensor scores = buffer.narrow(1, 0, hi - lo);
-    chunk_scores(t, lo, hi, scores);
-    check_finite(scores, lo);
-    at::Tensor keys = chunk_topk_keys(scores, lo, k);
-    if (best.defined()) keys = at::cat({best, keys}, 1);
-    best = std::get<0>(at::topk(keys, std::min<int64_t>(k, keys.size(1)), 1));
+  const int64_t nq = t.n_queries;
+  k = std::min(k, t.n_rows);
+  TORCH_CHECK(k >= 1, "score_topk: k must be >= 1 and there must be rows");
+  const int64_t n_blocks = (t.n_rows + t.block - 1) / t.block;
+  const int64_t workers = worker_count(n_blocks);
+  std::vector<std::vector<Best>> best(workers, std::vector<Best>(nq));
+  std::vector<Scratch> scratch;
+  for (int64_t w = 0; w < workers; ++w) scratch.push_back(make_scratch(t));
+  std::atomic<int64_t> bad_row{std::numeric_limits<int64_t>::max()};
+  for_blocks(n_blocks, workers, [&](int64_t w, int64_t b) {
+    const int64_t r0 = b * t.block, n = std::min(t.block, t.n_rows - r0);
+    Scratch& s = scratch[w];
+    block_scores(t, r0, n, s);
+    if (!all_finite(s.tile.data(), nq * n)) {
+      int64_t seen = bad_row.load();
+      while (r0 < seen && !bad_row.compare_exchange_weak(seen, r0)) {}
+      return;
+    }
+    for (int64_t q = 0; q < nq; ++q) {
+      Best& h = best[w][q];
+      const float* x = s.tile.data() + q * n;
+      for (int64_t i = 0; i < n; ++i)
+        if (x[i] >= h.floor) h.offer(x[i], r0 + i, k);
+    }
+  });
+  if (bad_row.load() != std::numeric_limits<int64_t>::max()) raise_not_finite(bad_row.load());
+  at::Tensor values = at::empty({nq, k}, at::kFloat), indices = at::empty({nq, k}, at::kLong);
+  auto vals = values.accessor<float, 2>();
+  auto ids = indices.accessor<int64_t, 2>();
+  std::vector<int64_t> keys;
+  for (int64_t q = 0; q < nq; ++q) {
+    keys.clear();
+    for (int64_t w = 0; w < workers; ++w) keys.insert(keys.end(), best[w][q].heap.begin(), best[w][q].heap.end());
+    std::partial_sort(keys.begin(), keys.begin() + k, keys.end(), std::greater<int64_t>());
+    for (int64_t i = 0; i < k; ++i) {
+      vals[q][i] = key_score(keys[i]);
+      ids[q][i] = 0xFFFFFFFFLL - (keys[i] & 0xFFFFFFFFLL);
+    }
   }
-  at::Tensor ordered = at::bitwise_right_shift(best, 32).to(at::kInt);
-  at::Tensor bits = at::where(ordered >= 0, ordered, at::bitwise_xor(ordered, 0x7FFFFFFF));
-  return {bits.view(at::kFloat), at::rsub(at::bitwise_and(best, 0xFFFFFFFFLL), 0xFFFFFFFFLL)};
+  return {values, indices};
 }
 
 at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::vector<at::Tensor>& rows,
                            const std::vector<c10::optional<at::Tensor>>& factors,
                            const std::vector<std::string>& fmts, at::Tensor out) {
   Terms t = make_terms(queries, rows, factors, fmts);
-  const int64_t step = chunk_rows(t.n_queries, t.max_dim);
-  for (int64_t lo = 0; lo < t.n_rows; lo += step) {
-    const int64_t hi = std::min(t.n_rows, lo + step);
-    at::Tensor dest = out.narrow(1, lo, hi - lo);
-    chunk_scores(t, lo, hi, dest);
-    check_finite(dest, lo);
-  }
+  TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == t.n_queries &&
+              out.size(1) == t.n_rows, "score_dense: out must be float32 [Q, N]");
+  const int64_t nq = t.n_queries;
+  const int64_t n_blocks = (t.n_rows + t.block - 1) / t.block;
+  const int64_t workers = worker_count(n_blocks);
+  std::vector<Scratch> scratch;
+  for (int64_t w = 0; w < workers; ++w) scratch.push_back(make_scratch(t));
+  std::atomic<int64_t> bad_row{std::numeric_limits<int64_t>::max()};
+  auto acc = out.accessor<float, 2>();
+  for_blocks(n_blocks, workers, [&](int64_t w, int64_t b) {
+    const int64_t r0 = b * t.block, n = std::min(t.block, t.n_rows - r0);
+    Scratch& s = scratch[w];
+    block_scores(t, r0, n, s);
+    if (!all_finite(s.tile.data(), nq * n)) {
+      int64_t seen = bad_row.load();
+      while (r0 < seen && !bad_row.compare_exchange_weak(seen, r0)) {}
+    }
+    for (int64_t q = 0; q < nq; ++q)
+      for (int64_t i = 0; i < n; ++i) acc[q][r0 + i] = s.tile[q * n + i];
+  });
+  if (bad_row.load() != std::numeric_limits<int64_t>::max()) raise_not_finite(bad_row.load());
   return out;
 }

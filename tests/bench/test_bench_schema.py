@@ -1,5 +1,6 @@
 """`fasttda bench --quick` end to end: it runs, its JSON validates against the shipped schema,
 ratios come from same-run baselines, and absent anchors are reported, never dropped."""
+import importlib.util
 import json
 import math
 import sys
@@ -36,8 +37,22 @@ def test_quick_json_validates_against_schema(quick_run):
     assert report["config"]["quick"] is True
     assert len(report["machine"]["loadavg_start"]) == 3
     assert set(report["suites"]) == {"project", "factored", "quantize", "store", "score", "capture", "e2e",
-                                     "influcoder"}
+                                     "influcoder", "hf"}
     assert not [n for n, s in report["suites"].items() if s["status"] == "error"], report["suites"]
+
+
+def test_hf_suite_reports_both_sides_and_the_callback_overhead(quick_run):
+    from fasttda.bench.suites import hf
+
+    report, _, _ = quick_run
+    cases = {r["impl"]: r for r in report["results"] if r["suite"] == "hf"}
+    if importlib.util.find_spec("transformers") is None:
+        pytest.skip("transformers is not installed: the hf suite reports itself missing")
+    assert set(cases) == {hf.BASELINE, hf.IMPL} and all(c["status"] == "ok" for c in cases.values())
+    plain, cb = cases[hf.BASELINE], cases[hf.IMPL]
+    assert plain["repeats"] == cb["repeats"] == 1 and plain["params"] == cb["params"]
+    assert math.isclose(cb["extra"]["overhead"], cb["median_s"] / plain["median_s"] - 1, rel_tol=1e-9)
+    assert cb["extra"]["meets_goal"] == (cb["extra"]["paired_overhead"] < hf.BERGSON_OVERHEAD)
 
 
 def test_every_case_is_timed_and_ratios_come_from_the_same_run(quick_run):

@@ -82,3 +82,23 @@ def test_resume_from_checkpoint_continues_the_store(tmp_path):
         Trainer(model=tiny_model(), args=args(run, max_steps=3), train_dataset=Rows(data),
                 callbacks=[AttributionCallback(tmp_path / "store", projection=("dense", 8))]
                 ).train(resume_from_checkpoint=str(run / "checkpoint-2"))
+
+
+class BadMask(Rows):
+    def __getitem__(self, i):
+        row = super().__getitem__(i)
+        if i == 2:  # a value other than 0/1: refused by the writer thread, raised on the training thread
+            row["attention_mask"] = row["attention_mask"].clone()
+            row["attention_mask"][1] = 2
+        return row
+
+
+def test_an_error_in_the_writer_thread_stops_training_and_writes_nothing(tmp_path):
+    data = torch.randint(1, VOCAB, (N, T), generator=torch.Generator().manual_seed(5))
+    cb = AttributionCallback(tmp_path / "store", projection=("factored", 2, 2), fmt="fp32")
+    with pytest.raises(ValueError, match="attention_mask of step 0 must hold only 0 and 1"):
+        Trainer(model=tiny_model(), args=args(tmp_path / "run", max_steps=2), train_dataset=BadMask(data),
+                callbacks=[cb]).train()
+    assert len(FeatureStore.open(tmp_path / "store")) == 0
+    with pytest.raises(ValueError, match="queue must be an int >= 1"):
+        AttributionCallback(tmp_path / "other", queue=0)

@@ -57,26 +57,21 @@ def test_bergson_import_is_exact_and_resumes(tmp_path, gen):
     rows = torch.randn(50, 29, generator=gen).numpy()
     write_bergson(tmp_path / "idx" / "shard0", rows[:20])
     write_bergson(tmp_path / "idx" / "shard1", rows[20:])
-    old = importers.CHUNK_ROWS
-    importers.CHUNK_ROWS = 7
-    try:
-        store = import_index("bergson", tmp_path / "idx", tmp_path / "s", fmt="fp32")
-        assert torch.equal(store.read(), torch.from_numpy(rows))
-        # resume: drop to a partial store by re-importing into a fresh store, stopped after 2 chunks
-        source = importers.bergson_source(tmp_path / "idx")
-        partial = FeatureStore.create(tmp_path / "p", 29, "fp32",
-                                      meta={"imported_from": {"source": "bergson", "path": str((tmp_path / "idx").resolve()),
-                                                              **source.info}})
-        with partial:
-            for i, (first, chunk, _) in enumerate(source.chunks(0)):
-                if i == 2:
-                    break
-                partial.append(chunk, ids=list(range(first, first + chunk.shape[0])))
-                partial.commit()
-        resumed = import_index("bergson", tmp_path / "idx", tmp_path / "p", fmt="fp32")
-        assert torch.equal(resumed.read(), torch.from_numpy(rows)) and resumed.ids(0, 50).tolist() == list(range(50))
-    finally:
-        importers.CHUNK_ROWS = old
+    store = import_index("bergson", tmp_path / "idx", tmp_path / "s", fmt="fp32", chunk_rows=7)
+    assert torch.equal(store.read(), torch.from_numpy(rows))
+    # resume: drop to a partial store by re-importing into a fresh store, stopped after 2 chunks
+    source = importers.bergson_source(tmp_path / "idx")
+    partial = FeatureStore.create(tmp_path / "p", 29, "fp32",
+                                  meta={"imported_from": {"source": "bergson", "path": str((tmp_path / "idx").resolve()),
+                                                          **source.info}})
+    with partial:
+        for i, (first, chunk, _) in enumerate(source.chunks(0, 7)):
+            if i == 2:
+                break
+            partial.append(chunk, ids=list(range(first, first + chunk.shape[0])))
+            partial.commit()
+    resumed = import_index("bergson", tmp_path / "idx", tmp_path / "p", fmt="fp32", chunk_rows=7)
+    assert torch.equal(resumed.read(), torch.from_numpy(rows)) and resumed.ids(0, 50).tolist() == list(range(50))
 
 
 def test_bergson_bf16_and_bad_inputs(tmp_path, gen):
@@ -88,7 +83,7 @@ def test_bergson_bf16_and_bad_inputs(tmp_path, gen):
     write_bergson(tmp_path / "c", np.ones((4, 5), np.float32), {"m": 5})
     with open(tmp_path / "c" / "gradients.bin", "ab") as f:
         f.write(b"junk")
-    with pytest.raises(ValueError, match="expected 80 bytes"):
+    with pytest.raises(ValueError, match="gradients.bin: num_grads 4 x 5 float32 needs exactly 80 bytes, the file has 84"):
         import_index("bergson", tmp_path / "c", tmp_path / "s2")
     write_bergson(tmp_path / "d", np.ones((4, 5), np.float32), {"m": 5})
     (tmp_path / "d" / "info.json").write_text("{not json")

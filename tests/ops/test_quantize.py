@@ -186,3 +186,47 @@ def test_bad_input():
         dequantize(data, scale, "int8")
     with pytest.raises(ValueError, match="backend"):
         quantize(x, "int8", backend="gpu")
+
+
+# -- C++ fused cast (bf16 / fp16 of float32 CPU rows) ------------------------------------------
+def _cpp_or_skip():
+    from fasttda import _extension
+    from fasttda._dispatch import BackendUnavailable
+
+    try:
+        _extension.load("cpu")
+    except BackendUnavailable as exc:
+        pytest.skip(f"C++ CPU extension unavailable: {exc}")
+
+
+@pytest.mark.parametrize("fmt,dtype,limit", [("bf16", torch.bfloat16, 3.3895313892515355e38),
+                                             ("fp16", torch.float16, 65504.0)])
+def test_cpp_cast_bitwise_equals_torch(gen, fmt, dtype, limit):
+    """Rounding ties, subnormals, ±0, the range's edge, a vector tail, strided input."""
+    _cpp_or_skip()
+    x = torch.randn(37, 131, generator=gen) * torch.logspace(-30, 4, 131)
+    x[0, :8] = torch.tensor([0.0, -0.0, limit, -limit, 1e-45, -3e-41, 1 + 2**-8, 1 + 3 * 2**-11])
+    x[1, :4] = torch.tensor([6e-8, 2**-25, 65503.9, -1.00048828125])
+    x = x.clamp(-limit, limit)
+    for rows in (x, x[:, 3:120], x[::2]):
+        data, scale = quantize(rows, fmt, backend="cpp")
+        assert scale is None and data.dtype == dtype
+        assert torch.equal(data.view(torch.int16), rows.to(dtype).view(torch.int16))
+
+
+@pytest.mark.parametrize("fmt", ["bf16", "fp16"])
+def test_cpp_cast_rejects_what_the_reference_rejects(gen, fmt):
+    _cpp_or_skip()
+    x = torch.randn(9, 70, generator=gen)
+    for backend in ("cpp", "auto"):
+        y = x.clone()
+        y[4, 69] = math.nan
+        y[7, 3] = -math.inf
+        with pytest.raises(ValueError, match=r"rows \[4, 7\]"):
+            quantize(y, fmt, backend=backend)
+        y = x.clone()
+        y[8, 69] = 7e4 if fmt == "fp16" else 3.4e38  # in the vector tail
+        with pytest.raises(ValueError, match=f"{fmt} range"):
+            quantize(y, fmt, backend=backend)
+    with pytest.raises(Exception, match="C\\+\\+ CPU kernel"):
+        quantize(x, "int8", backend="cpp")

@@ -344,3 +344,70 @@ def test_triton_many_row_slices_merge_on_host(gen, monkeypatch):
     assert_equal_results(score_topk(queries, rows, k=10, backend="triton"), ref)
     x = to_device(torch.randn(300, 12, generator=gen))[0]
     assert_same_ranking(score_topk(queries, x, k=10, backend="triton"), score_topk(queries, x, k=10, backend="reference"))
+
+
+# -- C++ scan: the few-queries (dot) path and the many-queries (sgemm) path ------------------
+def _unscaled(data, scale, fmt, d):
+    """The stored values as float64, before their per-row scale."""
+    return dequantize(data, None if scale is None else torch.ones_like(scale), fmt, dim=d).double()
+
+
+# Q <= 16 takes the register-blocked dot path (tiles of 8/4/2/1 queries), Q = 21 the sgemm
+# path; d spans widths below one vector, vector tails and (for int4) odd widths.
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("nq,d", [(1, 45), (3, 71), (8, 5), (13, 64), (21, 33)])
+def test_cpp_scan_matches_float64(gen, fmt, nq, d):
+    cpp_or_skip()
+    n = 613
+    q = torch.randn(nq, d, generator=gen)
+    x = torch.randn(n, d + 3, generator=gen) * torch.rand(n, 1, generator=gen) * 3
+    data, scale = quantize(x[:, :d].contiguous(), fmt)
+    if fmt == "fp32":
+        data = x[:, :d]  # strided rows
+    raw = _unscaled(data, scale, fmt, d)
+    factor = 1.0 if scale is None else scale.double()
+    scores = q.double() @ raw.T * factor
+    tol = helpers.fp32_dot_bound(q, raw) * factor
+    values, indices = score_topk(q, data, k=17, scales=scale, fmt=fmt, backend="cpp")
+    helpers.assert_topk_tie_aware(values, indices, scores, 17, tol)
+    dense = score_dense(q, data, scales=scale, fmt=fmt, backend="cpp")
+    assert ((dense.double() - scores).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("nq", [2, 20])
+def test_cpp_multi_store_factors_and_cosine(gen, nq):
+    """Three stores of different formats and widths, weights, stored norms, cosine."""
+    cpp_or_skip()
+    n, dims, fmts = 530, (37, 16, 9), ("int8", "fp16", "int4")
+    qs = [torch.randn(nq, d, generator=gen) for d in dims]
+    xs = [torch.randn(n, d, generator=gen) for d in dims]
+    stores = [quantize(x, f) for x, f in zip(xs, fmts)]
+    data, scales = [s[0] for s in stores], [s[1] for s in stores]
+    norms = [x.norm(dim=1) for x in xs]
+    weights = [0.5, -1.0, 2.0]
+    kwargs = dict(k=25, scales=scales, norms=norms, weights=weights, normalize=True, fmt=list(fmts))
+    values, indices = score_topk(qs, data, backend="cpp", **kwargs)
+    scores = oracle_scores(qs, data, scales, fmts, weights, True, norms=norms)
+    tol = sum(abs(w) * helpers.fp32_dot_bound(q / q.norm(dim=1, keepdim=True), _unscaled(r, s, f, q.shape[1]), extra=4)
+              * (1.0 if s is None else s.double()) / nm.double()
+              for w, q, r, s, f, nm in zip(weights, qs, data, scales, fmts, norms))
+    helpers.assert_topk_tie_aware(values, indices, scores, 25, tol)
+
+
+def test_cpp_fp8_every_code(gen):
+    """Every fp8 e4m3 byte converts exactly; a NaN code (0x7F, 0xFF) makes the scores non-finite."""
+    cpp_or_skip()
+    codes = torch.arange(256, dtype=torch.int64)
+    finite = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)
+    rows = finite[torch.randperm(finite.numel(), generator=gen)].reshape(-1, 254 // 2)  # 2 rows x 127
+    rows = torch.cat([rows, rows.flip(1)])
+    q = torch.randn(3, rows.shape[1], generator=gen)
+    raw = rows.view(torch.float8_e4m3fn).double()
+    scale = torch.ones(rows.shape[0])
+    values, indices = score_topk(q, rows, k=4, scales=scale, fmt="fp8_e4m3", backend="cpp")
+    helpers.assert_topk_tie_aware(values, indices, q.double() @ raw.T, 4, helpers.fp32_dot_bound(q, raw))
+    for nan in (0x7F, 0xFF):
+        bad = rows.clone()
+        bad[1, 100] = nan
+        with pytest.raises(ValueError, match="scores are not finite"):
+            score_topk(q, bad, k=2, scales=scale, fmt="fp8_e4m3", backend="cpp")

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from fasttda.capture import projection as proj
+from fasttda.capture.matrices import MatrixCache
 from fasttda.ops._checks import as_token_mask
 from fasttda.capture.modules import CaptureLayout, ModuleBlock, module_dims, module_seed, select_modules
 from fasttda.ops._checks import check_seed
@@ -92,6 +93,12 @@ class CaptureHooks:
         self._modules = [(block, sel[1]) for block, sel in zip(self.layout.blocks, selected)]
         self._handles: list = []
         self._token_mask: torch.Tensor | None = None
+        self._mask_shape: tuple | None = None
+        self.matrices = MatrixCache()
+        # Modules that read one input tensor, learned from the previous batch: first reader's
+        # name -> the readers in call order (see `_kept_input`).
+        self._groupable = isinstance(self.projection, proj.Factored) and not hold_inputs
+        self._groups: dict[str, tuple[ModuleBlock, ...]] = {}
         self._reset()
 
     # -- installation -------------------------------------------------------------------
@@ -115,6 +122,8 @@ class CaptureHooks:
             handle.remove()
         self._handles = []
         self._reset()
+        self.matrices.clear()
+        self._groups = {}
 
     def __enter__(self) -> "CaptureHooks":
         return self.attach()
@@ -133,7 +142,10 @@ class CaptureHooks:
         Applies to the following forward passes. Modules whose inputs have T tokens use it;
         padding must be False here so that nothing at padding positions can leak in.
         """
-        self._token_mask = as_token_mask(mask, "token mask")
+        mask = as_token_mask(mask, "token mask")
+        self._mask_shape = None if mask is None else tuple(mask.shape)
+        # A mask that keeps every token changes nothing: drop it (one check per batch).
+        self._token_mask = None if mask is None or bool(mask.all()) else mask
 
     def pop_features(self, *, check_finite: bool = True) -> torch.Tensor:
         """The ``[B, layout.total_dim]`` float32 features accumulated since the last pop; resets.
@@ -161,6 +173,10 @@ class CaptureHooks:
         self._pending: dict[int, list] = {}
         self._arrived = False
         self._next_id = 0
+        if getattr(self, "_readers", None) is not None:
+            self._learn_group()
+        self._stash = None  # {block: kept} for the other readers of the input read last
+        self._readers = None  # (input tensor, its version, [blocks]) of the input read last
 
     def _tokens(self, block: ModuleBlock, t: torch.Tensor, width: int) -> torch.Tensor:
         if t.dim() < 2 or t.shape[-1] != width:
@@ -169,13 +185,48 @@ class CaptureHooks:
         return t.reshape(t.shape[0], -1, width)
 
     def _mask_for(self, block: ModuleBlock, x: torch.Tensor):
-        mask = self._token_mask
-        if mask is None:
+        if self._mask_shape is None:
             return None
-        if tuple(mask.shape) != tuple(x.shape[:2]):
+        if self._mask_shape != tuple(x.shape[:2]):
             raise ValueError(f"module {block.name!r} sees [B, tokens] = {tuple(x.shape[:2])} but the token mask "
-                             f"is {tuple(mask.shape)}")
-        return mask.to(x.device)
+                             f"is {self._mask_shape}")
+        return None if self._token_mask is None else self._token_mask.to(x.device)
+
+    def _kept_input(self, block: ModuleBlock, x_in: torch.Tensor, x: torch.Tensor, mask):
+        """What block's backward step needs from its input. Modules that read the same
+        input tensor one after the other in the last batch (q/k/v, gate/up) form a group:
+        the first one's call projects the input for all of them at once, and the others
+        take their part if, and only if, they are called with that very tensor unchanged
+        (same object, same version counter); otherwise each projects its own."""
+        def kept_for(blocks):
+            return proj.keep_input(self.projection, blocks, x, mask, hold_inputs=self.hold_inputs,
+                                   backend=self.backend, cache=self.matrices)
+        if not self._groupable:
+            return kept_for((block,))[0]
+        same = self._readers is not None and self._readers[0] is x_in and self._readers[1] == x_in._version
+        if same:
+            self._readers[2].append(block)
+        else:
+            self._learn_group()
+            self._readers = (x_in, x_in._version, [block])
+        stash = self._stash
+        if same and stash is not None and block in stash:
+            return stash.pop(block)
+        group = self._groups.get(block.name, (block,))
+        kept = kept_for(group)
+        self._stash = dict(zip(group[1:], kept[1:])) or None
+        return kept[0]
+
+    def _learn_group(self) -> None:
+        """Record the readers of the input read last as a group (or forget a stale one)."""
+        if self._readers is not None:
+            readers = self._readers[2]
+            if len(readers) > 1:
+                self._groups[readers[0].name] = tuple(readers)
+            else:
+                self._groups.pop(readers[0].name, None)
+        self._readers = None
+        self._stash = None
 
     def _forward_hook(self, block: ModuleBlock):
         def hook(module, inputs, output):
@@ -186,8 +237,7 @@ class CaptureHooks:
             x = self._tokens(block, inputs[0].detach(), block.d_in)
             mask = self._mask_for(block, x)
             self._ensure_buffer(x)
-            cell = [proj.keep_input(self.projection, block, x, mask, hold_inputs=self.hold_inputs,
-                                    backend=self.backend), mask]
+            cell = [self._kept_input(block, inputs[0], x, mask), mask]
             call_id = self._next_id
             self._next_id += 1
             self._pending[call_id] = cell
@@ -206,8 +256,8 @@ class CaptureHooks:
             self._pending.pop(call_id, None)
             self._arrived = True
             dy = self._tokens(block, grad.detach(), block.d_out)
-            feats = proj.block_features(self.projection, block, kept, dy, mask,
-                                        hold_inputs=self.hold_inputs, backend=self.backend)
+            feats = proj.block_features(self.projection, block, kept, dy, mask, hold_inputs=self.hold_inputs,
+                                        backend=self.backend, cache=self.matrices)
             self._buffer[:, block.columns] += feats.to(self._buffer.device)
             return None
         return hook

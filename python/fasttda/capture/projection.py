@@ -4,6 +4,8 @@ Three projections, each a pair of steps around the backward pass:
 
 * `Factored` (LoGra): the forward step projects x to ``[B, N, k_in]`` right away, so only
   that is held until the backward step projects dy and sums ``pdyᵀ px`` over tokens.
+  P_in and P_out are generated once per module and kept (`fasttda.capture.matrices`), and
+  modules that read the same input tensor project it with one GEMM.
   With ``hold_inputs=True`` x itself is held and the fused kernel
   `fasttda.ops.project_factored` does both projections and the sum in one pass (same
   features, more memory).
@@ -20,6 +22,7 @@ Dense and raw hold each module's x from forward to backward.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import torch
 
@@ -28,9 +31,13 @@ import torch
 from fasttda.ops.project import KINDS as DENSE_KINDS
 from fasttda.ops.project import project, projection_matrix
 from fasttda.ops.project_factored import KINDS as FACTORED_KINDS
-from fasttda.ops.project_factored import factored_seeds, project_factored
+from fasttda.ops.project_factored import factored_seeds as _factored_seeds
+from fasttda.ops.project_factored import project_factored
 
 DENSE_CHUNK_ENTRIES = 1 << 22
+
+# The two blake2b side seeds of a module seed, derived once (the hooks ask at every call).
+factored_seeds = lru_cache(maxsize=1 << 14)(_factored_seeds)
 
 
 class Projection:
@@ -223,30 +230,49 @@ def _op_dtype(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- forward step: what each projection holds until the backward pass ---------------------
-def keep_input(projection, block, x, mask, *, hold_inputs: bool, backend):
-    """x ``[B, N, d_in]`` (detached) → what the backward step needs."""
-    if isinstance(projection, Factored) and not hold_inputs:
-        seed_in, _ = factored_seeds(block.seed)
-        B, N, d_in = x.shape
-        px = project(_op_dtype(x).reshape(B * N, d_in), projection.k_in, kind=projection.kind,
-                         seed=seed_in, backend=backend).reshape(B, N, -1)
-        if block.bias:
-            px += projection_matrix(1, projection.k_in, kind=projection.kind, seed=seed_in,
-                                        offset=d_in, device=x.device)[0]
-        return _masked(px, mask)
-    return x
+def keep_input(projection, blocks, x, mask, *, hold_inputs: bool, backend, cache) -> list:
+    """x ``[B, N, d_in]`` (detached), read by every module of ``blocks`` → what each one's
+    backward step needs. Factored: one GEMM with the blocks' P_in side by side (`MatrixCache`)."""
+    if not (isinstance(projection, Factored) and not hold_inputs):
+        return [x] * len(blocks)
+    B, N, d_in = x.shape
+    k = projection.k_in
+    bias = [block.bias for block in blocks]
+    seeds = tuple(factored_seeds(block.seed)[0] for block in blocks)
+    p_in = cache.matrix(seeds, d_in + any(bias), k, projection.kind, x.device, backend)
+    if p_in is None:  # too large to keep: each block projects on the fly
+        px = torch.cat([_project(x, k, projection.kind, s, backend) for s in seeds], dim=2)
+        bias_row = torch.cat([projection_matrix(1, k, kind=projection.kind, seed=s, offset=d_in, device=x.device)[0]
+                              for s in seeds]) if any(bias) else None
+    else:
+        px = torch.mm(x.reshape(B * N, d_in).to(torch.float32), p_in[:d_in]).reshape(B, N, -1)
+        bias_row = p_in[d_in] if any(bias) else None
+    for i, has_bias in enumerate(bias):
+        if has_bias:  # the ones column appended to x: row d_in of P_in
+            px[:, :, i * k:(i + 1) * k] += bias_row[i * k:(i + 1) * k]
+    px = _masked(px, mask)
+    return [px[:, :, i * k:(i + 1) * k] for i in range(len(blocks))]
+
+
+def _project(t, k, kind, seed, backend):
+    """`ops.project` over the tokens of ``t`` ``[B, N, d]`` → ``[B, N, k]``."""
+    B, N, d = t.shape
+    return project(_op_dtype(t).reshape(B * N, d), k, kind=kind, seed=seed, backend=backend).reshape(B, N, k)
 
 
 # -- backward step ------------------------------------------------------------------------
-def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, backend) -> torch.Tensor:
+def block_features(projection, block, kept, dy, mask, *, hold_inputs: bool, backend, cache) -> torch.Tensor:
     """dy ``[B, N, d_out]`` and the kept input → the module's ``[B, width]`` float32 contribution."""
     if isinstance(projection, Factored):
         if hold_inputs:
             return _fused_factored(projection, block, kept, dy, mask, backend)
         _, seed_out = factored_seeds(block.seed)
         B, N, d_out = dy.shape
-        pdy = project(_op_dtype(dy).reshape(B * N, d_out), projection.k_out, kind=projection.kind,
-                          seed=seed_out, backend=backend).reshape(B, N, -1)
+        p_out = cache.matrix((seed_out,), d_out, projection.k_out, projection.kind, dy.device, backend)
+        if p_out is None:  # too large to keep
+            pdy = _project(dy, projection.k_out, projection.kind, seed_out, backend)
+        else:
+            pdy = torch.mm(dy.reshape(B * N, d_out).to(torch.float32), p_out).reshape(B, N, -1)
         return torch.bmm(_masked(pdy, mask).transpose(1, 2), kept).reshape(B, -1)
     x = _masked(kept.to(_work_dtype(kept)), mask)
     dy = _masked(dy.to(x.dtype), mask)

@@ -23,6 +23,8 @@ SUBCOMMANDS = {
     "bench": ("fasttda.cli.bench", "bench", "Benchmark every op against the anchors; JSON and plots."),
     "import": ("fasttda.cli.import_index", "import_index",
                "Convert a TRAK, Bergson, LESS or dattri-llm index into a feature store."),
+    "query-index": ("fasttda.cli.query_index", "query_index",
+                    "Score query features against a TRAK, Bergson or dattri-llm index in place, no copy."),
     "less-select": ("fasttda.cli.less_select", "less_select",
                     "LESS data selection over stores: subtask mean, max, top rows; streamed."),
     "kernels": ("fasttda.cli.kernels", "kernels", "Compile every Triton kernel for sm_90a/sm_80 (no GPU needed)."),

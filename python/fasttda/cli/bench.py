@@ -61,6 +61,7 @@ def bench(suites, quick, device, out_dir, plots, busy):
 
     # build (or load the cached build of) the compiled kernels now, so no suite's timing pays for it
     _extension.prepare(["cpu"] + (["cuda"] if device == "cuda" else []), log=lambda m: click.echo(m, err=True))
+    ctx.busy = bool(busy)  # suites whose goals differ under load read it
     with busy_cores(busy):
         report = harness.run_suites(names, ctx, {name: _suite_module(name) for name in names})
     report["config"]["busy"] = bool(busy)
@@ -95,5 +96,10 @@ def summary(report: dict) -> str:
         mem = f"{r['peak_mem_bytes'] / 2**20:.0f}" if r["peak_mem_bytes"] is not None else ""
         lines.append(f"{label[:44]:44} {r['impl'][:32]:32} {fmt_time(r['median_s']):>10} {ratio:>9} {gbps:>8} "
                      f"{tflops:>8} {mem:>9}")
+    goals = [(r, g) for r in report["results"] for g in (r.get("extra") or {}).get("goals", [])]
+    if goals:  # the targets some suites check (extra["goals"]): one line each
+        lines.append("goals:")
+        lines += [f"  {'met   ' if g['met'] else 'MISSED'} {r['suite']}/{r['name']} {g['goal']}: {g['value']:.3g}"
+                  for r, g in goals]
     return "\n".join(lines)
 

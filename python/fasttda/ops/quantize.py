@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from fasttda._dispatch import Op
+from fasttda._dispatch import BackendUnavailable, Op, _requested
 from fasttda.formats import (FLOAT_FORMATS, FORMATS, FP8, SCALED_QMAX, check_format,  # noqa: F401 (API)
                              storage_dtype, stored_width)
 from fasttda.ops import _library
@@ -55,6 +55,11 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         raise ValueError(f"x must be a 2-D tensor [N, d], got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
+    fused = _cast_checked(x, fmt, backend)
+    if fused is not None:
+        data, ok = fused
+        if ok:
+            return data, None
     if x.numel() and not bool(_values_ok(x, fmt)):  # one reduction, one host sync; then look closer
         bad = nonfinite_rows(x)
         if bad.numel():
@@ -63,6 +68,25 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
             raise ValueError("x has values beyond the fp16 range ±65504; store as bf16 or a scaled format (int8, fp8_e4m3)")
         raise ValueError("x has values beyond the bf16 range ±3.39e38 (they would round to inf); use a scaled format")
     return _library.call("quantize", x, fmt, backend or "auto")
+
+
+def _cast_checked(x: torch.Tensor, fmt: str, backend):
+    """``(data, ok)`` from the C++ kernel that casts float32 CPU rows to bf16/fp16 and checks
+    their range in the same pass (csrc/cpu/quantize.cpp; bitwise equal to ``x.to(dtype)``),
+    or None when this call goes another way: another format, dtype or device, an explicit
+    non-C++ backend, a traced call (the custom op), or ``auto`` without the extension."""
+    if fmt not in ("bf16", "fp16") or x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
+        return None
+    requested = _requested(backend)
+    if requested not in ("auto", "cpp") or torch.compiler.is_compiling():
+        return None
+    try:
+        name, impl = CAST_CHECKED.resolve(requested, x.device)
+    except BackendUnavailable:
+        if requested == "cpp":
+            raise
+        return None
+    return impl(x, fmt) if name == "cpp" else None
 
 
 def _values_ok(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -155,5 +179,11 @@ def dequantize_reference(data, scale, fmt, dim):
     return values * scale[:, None].to(torch.float32)
 
 
+def cast_checked_reference(x, fmt):
+    return x.to(FLOAT_FORMATS[fmt]), bool(_values_ok(x, fmt))
+
+
+# The fused bf16/fp16 cast of float32 CPU rows; `quantize` asks it first (see `_cast_checked`).
+CAST_CHECKED = Op("cast_checked", reference=cast_checked_reference, cpp="cast_checked")
 QUANTIZE = Op("quantize", reference=quantize_reference, triton="fasttda.kernels.quantize:launch_quantize")
 DEQUANTIZE = Op("dequantize", reference=dequantize_reference, triton="fasttda.kernels.quantize:launch_dequantize")

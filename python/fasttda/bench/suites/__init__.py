@@ -3,4 +3,4 @@
 Suites are imported only when run, so a suite whose op has not landed yet (or whose
 baselines are not installed) reports them as missing instead of breaking the others.
 """
-SUITES = ("project", "factored", "quantize", "store", "score", "capture", "e2e", "influcoder")
+SUITES = ("project", "factored", "quantize", "store", "score", "capture", "e2e", "influcoder", "hf")

@@ -19,7 +19,9 @@ GPT-2, 2 batches, one row per code path. ``extra`` carries examples/s, the overh
 ``plain`` and ``plain.frozen``, the median process CPU seconds per call (both torch threads;
 steadier than wall time on a shared machine) and its ratio to ``plain``, and for fasttda the
 speed-up over each anchor and the capture goals (overhead ≤ 1.5× plain on CPU, ≤ 1.15× on
-GPU; faster than both anchors).
+GPU; faster than both anchors), and ``goals``: issue 16's targets for ``fasttda`` on CPU
+(Llama: ≥ 1.05× dattri-llm's frozen mode and ≤ 1.05× frozen plain; small GPT-2: ≤ 1.2×
+frozen plain), each with its value and whether it is met.
 """
 from __future__ import annotations
 
@@ -37,6 +39,10 @@ from fasttda.bench.anchors.capture.workload import (SavedModel, Workload, make_b
 SUITE = "capture"
 BASELINE = "plain"
 OVERHEAD_GOAL = {"cpu": 1.5, "cuda": 1.15}
+# issue 16 (CPU): (workload arch, what, target); "speedup" = anchor time / fasttda time.
+CPU_GOALS = (("llama", "speedup_vs:dattri-llm.logra.frozen", ">=", 1.05),
+             ("llama", "overhead_vs_plain_frozen", "<=", 1.05),
+             ("gpt2", "overhead_vs_plain_frozen", "<=", 1.2))
 ANCHORS = ("dattri-llm.logra", "dattri-llm.logra.frozen", "bergson", "bergson.frozen")
 # Quick mode is a smoke run: one row per code path (the unfrozen anchors differ only in a flag).
 QUICK_IMPLS = ("plain", "plain.frozen", "fasttda", "dattri-llm.logra.frozen", "bergson.frozen")
@@ -92,7 +98,7 @@ def workload_cases(ctx, w: Workload, root: str) -> list[dict]:
             case["extra"]["cpu_s_median"] = step.cpu_median(skip=timing["warmup"])
         step.close()
         cases.append(case)
-    return add_throughput(cases, w, ctx.device)
+    return add_goals(add_throughput(cases, w, ctx.device), w, ctx)
 
 
 class CpuTimed:
@@ -150,4 +156,26 @@ def add_throughput(cases: list[dict], w: Workload, device: str) -> list[dict]:
                 extra["meets_overhead_goal"] = extra["overhead_vs_plain"] <= goal
             if anchors:
                 extra["faster_than_every_anchor"] = all(s > 1.0 for s in anchors.values())
+    return cases
+
+
+def add_goals(cases: list[dict], w: Workload, ctx) -> list[dict]:
+    """``extra["goals"]`` on the ``fasttda`` row: issue 16's CPU capture targets, met or not."""
+    row = next((c for c in cases if c["impl"] == "fasttda" and c.get("status") == "ok"), None)
+    if row is None or ctx.device != "cpu" or ctx.quick:
+        return cases
+    extra, goals = row["extra"], []
+    for arch, what, op, target in CPU_GOALS:
+        if arch != w.arch:
+            continue
+        if what.startswith("speedup_vs:"):
+            anchor = what.split(":", 1)[1]
+            value, label = extra.get("speedup_vs_anchor", {}).get(anchor), f"fasttda vs {anchor} (speed-up)"
+        else:
+            value, label = extra.get(what), f"fasttda {what}"
+        if value is None:
+            continue
+        met = value >= target if op == ">=" else value <= target
+        goals.append(dict(goal=f"{label} {op} {target}", value=round(value, 4), met=met))
+    extra["goals"] = goals
     return cases

@@ -11,6 +11,13 @@ The impl name carries the format (``fasttda.score_topk[int8]``); every fasttda c
 compared with ``torch.topk(q@R.T)[fp32]``, and `extra.recall` gives the overlap of its
 top-k with the exact float32 top-k. FLOPs 2·Q·N·d; bytes: the stored rows (data + scales)
 read once plus the queries and results.
+
+The memory-bandwidth floor: ``torch.copy_[bandwidth]`` (name ``copy``) copies a buffer the
+size of the int8 store in the same run; its bandwidth is bytes read + written per second.
+Every fasttda case then carries ``extra.floor_s`` = its bytes ÷ that bandwidth (the least
+time a scan of its store could take) and ``extra.x_floor`` = its median ÷ ``floor_s``.
+The default shape covers the goals of issue 16: N=500k, d=1024, k=100, Q = 1, 8, 32, 256
+(at Q >= 256 only the fp32 baselines and the compiled backends, to keep the run to minutes).
 """
 from __future__ import annotations
 
@@ -30,12 +37,13 @@ FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
 CHUNK_ROWS = 1 << 16
 BASELINE = "torch.topk(q@R.T)[fp32]"
 STORE_FORMATS = ("fp32", "int8", "int4")  # also scanned from an on-disk FeatureStore
+SLOW_Q = 256  # from here on, the plain-PyTorch chunked scan and the reference backend are not timed
 
 
 def config(ctx) -> dict:
     if ctx.quick:
         return dict(N=20_000, d=128, Qs=(1, 8), k=10)
-    return dict(N=500_000, d=1024, Qs=(1, 32, 256), k=100)
+    return dict(N=500_000, d=1024, Qs=(1, 8, 32, 256), k=100)
 
 
 def run(ctx) -> list[dict]:
@@ -48,6 +56,7 @@ def run(ctx) -> list[dict]:
     out = []
     for Q, qs in queries.items():
         out += fp32_baselines(ctx, rows, qs, k)
+    out.append(copy_bandwidth(ctx, N * d))
     norms = rows.norm(dim=1)
     root = Path(tempfile.mkdtemp(prefix="fasttda-bench-score-"))
     try:
@@ -60,7 +69,32 @@ def run(ctx) -> list[dict]:
             del stored
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    return out
+    return add_goals(add_floors(out), ctx)
+
+
+COPY = "torch.copy_[bandwidth]"
+
+
+def copy_bandwidth(ctx, nbytes: int) -> dict:
+    """Copy ``nbytes`` (the int8 store's size: past any cache) once per call."""
+    src = torch.randint(-128, 127, (nbytes,), dtype=torch.int8, device=ctx.device)
+    dst = torch.empty_like(src)
+    return ctx.measure(lambda: dst.copy_(src), suite=SUITE, name="copy", impl=COPY, params=dict(bytes=nbytes),
+                       bytes_moved=2 * nbytes)
+
+
+def add_floors(results: list[dict]) -> list[dict]:
+    """``extra.floor_s`` (bytes ÷ the same run's copy bandwidth) and ``extra.x_floor`` on fasttda cases."""
+    copy = next((r for r in results if r.get("impl") == COPY and r.get("status") == "ok"), None)
+    if copy is None or not copy.get("median_s"):
+        return results
+    bandwidth = copy["bytes_moved"] / copy["median_s"]  # bytes read + written per second
+    for r in results:
+        if r.get("status") == "ok" and r["impl"].startswith("fasttda.") and r.get("bytes_moved") and r.get("median_s"):
+            floor = r["bytes_moved"] / bandwidth
+            r["extra"]["floor_s"] = floor
+            r["extra"]["x_floor"] = r["median_s"] / floor
+    return results
 
 
 def _params(N, d, Q, k) -> dict:
@@ -128,7 +162,7 @@ def format_cases(ctx, stored, fmt, qs, k, exact, d) -> list[dict]:
     common = dict(suite=SUITE, name="topk", params=params, rotate=qs, baseline=BASELINE,
                   **_cost(N, d, Q, k, row_bytes))
     out = []
-    if fmt != "fp32":
+    if fmt != "fp32" and Q < SLOW_Q:
         out.append(ctx.measure(chunked_topk(data, scale, fmt, d, k), impl=f"torch.chunked[{fmt}]", **common))
     if fmt == "int8" and ctx.device == "cpu":
         # faiss trains its own per-dimension ranges from float rows; hand it the dequantized rows.
@@ -143,6 +177,10 @@ def format_cases(ctx, stored, fmt, qs, k, exact, d) -> list[dict]:
                                         f"fasttda.score_topk[{fmt}]")
     out += missing
     for backend in backends:
+        if backend == "reference" and Q >= SLOW_Q:
+            out.append(ctx.missing(suite=SUITE, name="topk", impl=f"fasttda.score_topk[{fmt}][{backend}]",
+                                   params=params, reason=f"not timed at Q >= {SLOW_Q} (keeps the suite to minutes)"))
+            continue
         found = call(qs[0], backend)[1]
         extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"]}
         out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]",
@@ -199,3 +237,39 @@ def store_cases(ctx, stored, norms, fmt, queries, k, exact, d, root) -> list[dic
         opened.close()
         shutil.rmtree(path, ignore_errors=True)
     return out
+
+
+# issue 16's CPU targets for the C++ backend: (applies to Q, formats, what, op, target)
+CPU_GOALS = [
+    (lambda q: q <= 8, ("int8", "fp8_e4m3", "int4"), "ratio", ">=", 2.5),
+    (lambda q: q <= 8, ("fp16", "bf16"), "ratio", ">=", 1.6),
+    (lambda q: q <= 8, ("bf16", "fp16", "int8", "fp8_e4m3", "int4"), "x_floor", "<=", 1.5),
+    (lambda q: q == 32, ("int8",), "ratio", ">=", 1.5),
+    (lambda q: q >= 256, FORMATS, "ratio", ">=", 1.0),
+]
+
+
+def add_goals(results: list[dict], ctx) -> list[dict]:
+    """``extra["goals"]`` on the ``fasttda.score_topk[fmt][cpp]`` rows: each target, its value, met or not.
+
+    ``ratio`` is the torch fp32 baseline's median over this row's (what ``vs base`` shows),
+    ``x_floor`` the row's median over its bandwidth floor (see `add_floors`)."""
+    if ctx.device != "cpu" or ctx.quick:
+        return results
+    base = {r["params"]["Q"]: r for r in results if r.get("status") == "ok" and r["impl"] == BASELINE}
+    for r in results:
+        if r.get("status") != "ok" or not r["impl"].endswith("[cpp]") or not r["impl"].startswith("fasttda.score_topk"):
+            continue
+        q, fmt, extra = r["params"]["Q"], r["extra"].get("fmt"), r["extra"]
+        values = {"x_floor": extra.get("x_floor")}
+        if q in base:
+            values["ratio"] = base[q]["median_s"] / r["median_s"]
+        goals = []
+        for applies, formats, what, op, target in CPU_GOALS:
+            value = values.get(what)
+            if applies(q) and fmt in formats and value is not None:
+                label = f"{fmt} Q={q} {'vs torch fp32' if what == 'ratio' else 'time / bandwidth floor'}"
+                goals.append(dict(goal=f"{label} {op} {target}", value=round(value, 4),
+                                  met=value >= target if op == ">=" else value <= target))
+        extra["goals"] = goals
+    return results
