@@ -10,8 +10,11 @@
 // single-threaded sgemm each, accumulating into its segment's partial output. Tasks are
 // pulled from an atomic counter inside ONE parallel region, so a core stolen by another
 // process slows one worker, not every barrier. The segment count depends only on the
-// shape, and partials are summed in segment order: results do not depend on the thread
-// count or the scheduling.
+// shape, and partials are summed in segment order, so which worker runs a task never
+// matters. Thread-count independence holds for SJLT and for exact sums (Rademacher on
+// integer-valued x) only: a dense task's float32 sum is one sgemm, whose blocking (and so
+// its rounding) may depend on the BLAS and on whether it runs inside the parallel region
+// (small problems run in the calling thread, where the BLAS may itself use threads).
 //
 // Rademacher entries are exact (+-1 as float bits). Gaussian entries are Box-Muller in
 // float32 with the reference's exact u1, u2, theta and sqrt; log and sin/cos are Cephes

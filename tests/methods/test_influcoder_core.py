@@ -73,6 +73,19 @@ def test_metrics_match_scipy(gen):
         spearman_anchor(s, y[:, :5])
 
 
+def test_split_half_agg_against_scipy(gen):
+    from fasttda.methods.influcoder.evaluate import split_half_agg
+
+    rng = np.random.default_rng(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    y = rng.normal(size=(9, 30)) + np.linspace(-3, 3, 30)  # a shared candidate effect, anchor noise
+    order = np.random.default_rng(4).permutation(9)
+    want = stats.spearmanr(y[order[:4]].mean(0), y[order[4:]].mean(0)).statistic
+    assert split_half_agg(y, repeats=1, seed=4) == pytest.approx(want, abs=1e-12)
+    assert split_half_agg(y) > 0.5 > abs(split_half_agg(rng.normal(size=(40, 200))))
+    with pytest.raises(ValueError, match="anchors"):
+        split_half_agg(y[:1])
+
+
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_student_save_load_roundtrip(tmp_path, pooling):
     student = Student.load(make_encoder(tmp_path / "enc"), pooling=pooling, template="{prompt} | {response}")

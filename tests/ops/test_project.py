@@ -139,7 +139,7 @@ def test_projection_matrix_matches_oracle():
         (lambda x: ops.project(x, 0), "out_dim"),
         (lambda x: ops.project(x, -3), "out_dim"),
         (lambda x: ops.project(x, 2.5), "out_dim"),
-        (lambda x: ops.project(x.long(), 8), "float32, bfloat16 or float16"),
+        (lambda x: ops.project(x.long(), 8), "float32, bfloat16, float16 or float64"),
         (lambda x: ops.project(x[None], 8), "2-D"),
         (lambda x: ops.project(x, 8, offset=-1), "offset"),
         (lambda x: ops.project(x, 8, kind="orthogonal"), "kind"),

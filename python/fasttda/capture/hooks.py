@@ -144,8 +144,10 @@ class CaptureHooks:
         """
         mask = as_token_mask(mask, "token mask")
         self._mask_shape = None if mask is None else tuple(mask.shape)
-        # A mask that keeps every token changes nothing: drop it (one check per batch).
-        self._token_mask = None if mask is None or bool(mask.all()) else mask
+        # A CPU mask that keeps every token changes nothing: drop it (one check per batch; a
+        # device mask is kept, as reading it on the host would be a sync).
+        all_true = mask is not None and mask.device.type == "cpu" and bool(mask.all())
+        self._token_mask = None if all_true else mask
 
     def pop_features(self, *, check_finite: bool = True) -> torch.Tensor:
         """The ``[B, layout.total_dim]`` float32 features accumulated since the last pop; resets.

@@ -175,3 +175,32 @@ def text_report_options(fn):
         fn = option(fn)
     return fn
 
+
+
+def top_k_option(fn):
+    return click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1),
+                        help="Results per query.")(fn)
+
+
+def weights_option(per: str, note: str = ""):
+    """``--weight`` (repeatable), one per ``per`` option in its order; check with `one_weight_per`."""
+    return click.option("--weight", "weights", multiple=True, type=float,
+                        help=f"Weight of each {per}'s score, in {per} order (default: equal weights){note}.")
+
+
+def one_weight_per(weights, per: str, values) -> list[float] | None:
+    """The weights as a list (None when none were given); a usage error unless one per ``per`` value."""
+    if weights and len(weights) != len(values):
+        raise click.UsageError(f"give one --weight per {per} ({len(values)}), got {len(weights)}")
+    return list(weights) or None
+
+
+def trak_index_options(fn):
+    """TRAK's ``--model-id`` and ``--array`` (they apply to trak indexes only)."""
+    for option in reversed([
+        click.option("--model-id", default=0, show_default=True, type=int, help="TRAK: the checkpoint's model_id."),
+        click.option("--array", default="features", show_default=True, type=click.Choice(["features", "grads"]),
+                     help="TRAK: finalized features or the projected gradients."),
+    ]):
+        fn = option(fn)
+    return fn

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from fasttda.cli._common import FORMATS, one_line_errors
+from fasttda.cli._common import FORMATS, one_line_errors, trak_index_options
 
 
 @click.command("import")
@@ -12,9 +12,7 @@ from fasttda.cli._common import FORMATS, one_line_errors
 @click.argument("store", type=click.Path())
 @click.option("--format", "fmt", default="fp16", show_default=True, type=click.Choice(FORMATS),
               help="Stored format (fp32 keeps fp32 sources bit for bit).")
-@click.option("--model-id", default=0, show_default=True, type=int, help="TRAK: the checkpoint's model_id.")
-@click.option("--array", default="features", show_default=True, type=click.Choice(["features", "grads"]),
-              help="TRAK: finalized features or the projected gradients.")
+@trak_index_options
 @click.option("--no-verify", is_flag=True, help="Skip the final check against the source (bytes, norms, values).")
 @one_line_errors
 def import_index(kind, path, store, fmt, model_id, array, no_verify):

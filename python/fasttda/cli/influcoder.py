@@ -75,6 +75,10 @@ def teacher_cmd(model, anchors_path, pool_path, out, projection, seed, fmt, modu
 @click.option("--accumulation", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--freeze-embeddings/--train-embeddings", default=True, show_default=True,
               help="Keep the token embeddings fixed (most of a small encoder's weights).")
+@click.option("--train-layers", type=click.IntRange(min=1), default=None,
+              help="Train only the top N transformer layers (faster steps) [all].")
+@click.option("--hard-fraction", default=0.5, show_default=True, type=click.FloatRange(0, 1),
+              help="Share of each step's candidates drawn from its anchors' teacher top candidates.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -153,7 +157,7 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
               help="Output directory: report.md, report.json, details.json, scatter.png, models, stores.")
 @click.option("--seed", default=0, show_default=True, type=int, help="The seed of every random choice.")
 @click.option("--quick", is_flag=True, help="A small configuration that runs in about 2 minutes (for CI).")
-@click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [30; quick 8].")
+@click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [150; quick 20].")
 @click.option("--encoder", default=None, help="Student encoder directory [all-MiniLM-L6-v2].")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default=None, help="Pooling [mean].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [2].")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fasttda.cli._common import one_line_errors
+from fasttda.cli._common import one_line_errors, one_weight_per, weights_option
 
 
 def _validation_rows(path: str):
@@ -27,8 +27,7 @@ def _validation_rows(path: str):
               help="Training store, one per checkpoint (repeatable; same rows in each).")
 @click.option("--val", "val", required=True, multiple=True,
               help="Validation gradients per checkpoint, in --train order: a store, or LESS's dim<k> folder / .pt file.")
-@click.option("--weight", "weights", multiple=True, type=float,
-              help="Checkpoint weight (LESS: the learning rate), in --train order; renormalized to sum 1.")
+@weights_option("--train", "; LESS: the checkpoint's learning rate, renormalized to sum 1")
 @click.option("--n-subtasks", type=click.IntRange(min=1), default=None,
               help="Validation rows form this many equal, contiguous subtask groups (mmlu 57, bbh 27, tydiqa 9).")
 @click.option("--subtask-sizes", default=None, help="Explicit group sizes instead, comma-separated, in row order.")
@@ -44,8 +43,7 @@ def less_select(train, val, weights, n_subtasks, subtask_sizes, percentage, max_
 
     if len(val) != len(train):
         raise click.UsageError(f"give one --val per --train ({len(train)}), got {len(val)}")
-    if weights and len(weights) != len(train):
-        raise click.UsageError(f"give one --weight per --train ({len(train)}), got {len(weights)}")
+    weights = one_weight_per(weights, "--train", train)
     if (n_subtasks is None) == (subtask_sizes is None):
         raise click.UsageError("give exactly one of --n-subtasks and --subtask-sizes")
     sizes = None
@@ -55,7 +53,7 @@ def less_select(train, val, weights, n_subtasks, subtask_sizes, percentage, max_
         except ValueError:
             raise click.UsageError(f"--subtask-sizes must be comma-separated integers, got {subtask_sizes!r}") from None
     result = select(list(train), [_validation_rows(v) for v in val], n_subtasks=n_subtasks, subtask_sizes=sizes,
-                    checkpoint_weights=list(weights) or None, percentage=percentage, max_samples=max_samples,
+                    checkpoint_weights=weights, percentage=percentage, max_samples=max_samples,
                     normalize=normalize)
     sink = open(out, "w", encoding="utf-8") if out else sys.stdout
     try:

@@ -6,19 +6,29 @@ import sys
 
 import click
 
-from fasttda.cli._common import (capture_options, data_field_options, fields_of, one_line_errors,
-                                 similarity_option, target_field_option, text_report_options)
+from fasttda.cli._common import (capture_options, data_field_options, fields_of, one_line_errors, one_weight_per,
+                                 similarity_option, target_field_option, text_report_options, top_k_option,
+                                 weights_option)
+
+
+def prefilter_options(fn):
+    """``--prefilter`` and the ``--candidates`` it keeps (two-stage scoring with an Influcoder store)."""
+    fn = click.option("--candidates", default=1000, show_default=True, type=click.IntRange(min=1),
+                      help="Rows per query kept by --prefilter.")(fn)
+    return click.option("--prefilter", default=None,
+                        help="influcoder:STORE: an encoder store of the same rows (fasttda influcoder encode) "
+                             "shortlists --candidates rows per query; only those are scored with gradients. "
+                             "One --store, no --precondition.")(fn)
 
 
 @click.command("query")
 @click.option("--store", "stores", required=True, multiple=True,
               help="Store directory (repeatable: the scores of several stores are combined).")
-@click.option("--weight", "weights", multiple=True, type=float,
-              help="Weight of each store's score, in --store order (default 1 each).")
+@weights_option("--store")
 @click.option("--model", "models", required=True, multiple=True,
               help="Model directory the store was built from: once for all stores, or once per --store.")
 @click.option("--queries", "queries_path", required=True, help="Queries, JSONL with prompt and response.")
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@top_k_option
 @click.option("--out", default=None,
               help="Write results here as JSONL, and a readable report beside it (OUT with .html) "
                    "(default: JSONL on standard output).")
@@ -34,11 +44,7 @@ from fasttda.cli._common import (capture_options, data_field_options, fields_of,
                    "reference). Default: on exactly when the queries carry references.")
 @click.option("--projection", default=None,
               help="Expected projection; an error if a store was built with another one.")
-@click.option("--prefilter", default=None,
-              help="influcoder:STORE: an encoder store of the same rows (fasttda influcoder encode) shortlists "
-                   "--candidates rows per query; only those are scored with gradients. One --store, no --precondition.")
-@click.option("--candidates", default=1000, show_default=True, type=click.IntRange(min=1),
-              help="Rows per query kept by --prefilter.")
+@prefilter_options
 @capture_options
 @data_field_options
 @target_field_option
@@ -56,13 +62,12 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
     from fasttda.data import data_fingerprint, load_jsonl, resolve_contrast
 
     rank, _ = distributed.join_torchrun(device)  # under torchrun: queries and rows split over the ranks
-    if weights and len(weights) != len(stores):
-        raise click.UsageError(f"give one --weight per --store ({len(stores)}), got {len(weights)}")
+    weights = one_weight_per(weights, "--store", stores)
     if prefilter is not None and (len(stores) != 1 or precondition or not prefilter.startswith("influcoder:")):
         raise click.UsageError("--prefilter takes influcoder:STORE, with one --store and no --precondition")
     if len(models) not in (1, len(stores)):
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
-    weights = list(weights) or [1.0] * len(stores)
+    weights = weights or [1.0] * len(stores)
     model_of = list(models) * len(stores) if len(models) == 1 else list(models)
     fields = fields_of(kwargs)
     queries = load_jsonl(queries_path, **fields, target_field=target_field, reference_field="reference",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from fasttda.cli._common import one_line_errors
+from fasttda.cli._common import one_line_errors, top_k_option, trak_index_options
 
 
 def _query_features(path: str):
@@ -29,11 +29,9 @@ def _query_features(path: str):
 @click.argument("index")
 @click.option("--queries", "queries_path", required=True,
               help="Query features [Q, d] from the same tool and projection (.npy, or a tensor .pt).")
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(min=1), help="Results per query.")
+@top_k_option
 @click.option("--cosine/--dot", "normalize", default=False, show_default=True, help="Cosine or raw inner product.")
-@click.option("--model-id", default=0, show_default=True, type=int, help="TRAK: the checkpoint's model_id.")
-@click.option("--array", default="features", show_default=True, type=click.Choice(["features", "grads"]),
-              help="TRAK: finalized features or the projected gradients.")
+@trak_index_options
 @click.option("--out", default=None, help="Write JSONL here (default: standard output).")
 @one_line_errors
 def query_index(index, queries_path, top_k, normalize, model_id, array, out):

@@ -42,20 +42,13 @@ class ForeignChunk:
     def __init__(self, start: int, data: torch.Tensor, fmt: str, ids):
         self.start, self.data, self.fmt, self._ids = start, data, fmt, ids
 
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self)
-
     @cached_property
     def norms(self) -> torch.Tensor:
         return torch.linalg.vector_norm(self.data, dim=1, dtype=torch.float32)
 
     @property
     def ids(self):
-        return self._ids() if self._ids is not None else np.arange(self.start, self.stop, dtype=np.int64)
+        return self._ids() if self._ids is not None else np.arange(self.start, self.start + self.data.shape[0])
 
     def dequantize(self) -> torch.Tensor:
         return self.data.to(torch.float32)

@@ -8,8 +8,9 @@ import torch
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def check_float_tensor(t, name: str, layout: str) -> None:
-    """``t`` must be a float32/bf16/fp16 tensor with ``len(layout.split(", "))`` non-empty dims.
+def check_float_tensor(t, name: str, layout: str, *, float64: bool = False) -> None:
+    """``t`` must be a float32/bf16/fp16 (``float64``: or float64) tensor with
+    ``len(layout.split(", "))`` non-empty dims.
 
     ``layout`` names the dims for the message, e.g. ``"B, D"`` or ``"B, T, d"``.
     """
@@ -18,8 +19,9 @@ def check_float_tensor(t, name: str, layout: str) -> None:
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != len(dims):
         raise ValueError(f"{name} must be {len(dims)}-D [{layout}], got shape {tuple(t.shape)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
+    if t.dtype not in FLOAT_DTYPES and not (float64 and t.dtype == torch.float64):
+        raise TypeError(f"{name} must be float32, bfloat16{', float16 or float64' if float64 else ' or float16'}, "
+                        f"got {t.dtype}")
     if min(t.shape) < 1:
         raise ValueError(f"{name} must have {', '.join(d + ' >= 1' for d in dims)}, got shape {tuple(t.shape)}")
 

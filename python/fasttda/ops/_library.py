@@ -74,7 +74,7 @@ def _fresh(out: Tensor, *inputs: Tensor | None) -> Tensor:
 
 # -- the bodies: each asks its Op for the backend -----------------------------------------------
 def _project_body(x, out_dim, kind, k_row, k_col, offset, s, backend):
-    impl = _op_module("project").choose_backend(backend, kind, common_device(x))
+    impl = _op_module("project").choose_backend(backend, kind, common_device(x), x.dtype)
     return impl(x, out_dim, kind, k_row, k_col, offset, s)
 
 
@@ -119,7 +119,7 @@ def project(x: Tensor, out_dim: int, kind: str, k_row: int, k_col: int, offset: 
 
 @project.register_fake
 def _(x, out_dim, kind, k_row, k_col, offset, s, backend):
-    return x.new_empty((x.shape[0], out_dim), dtype=torch.float32)
+    return x.new_empty((x.shape[0], out_dim), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
 
 
 # -- project_factored --------------------------------------------------------------------------

@@ -11,6 +11,12 @@ Every backend accumulates the unscaled ±1 (or Gaussian) sums in float32 and app
 scale once at the end, which is what makes Rademacher/SJLT results on integer-valued
 inputs bitwise identical across backends.
 
+float64 input: the reference projects it with float64 accumulation (the entries of P are
+the same values, exact in float64; the scale is applied in float64) and returns float64.
+The C++, CUDA and Triton kernels take float32/bf16/fp16 only: ``"auto"`` runs float64 on the
+reference, and naming one of those kernels for float64 raises `BackendUnavailable`; nothing
+is rounded to float32 behind the caller's back (cast first to use a kernel).
+
 Reference memory: the matrix is generated in row blocks of at most ``BLOCK_ENTRIES``
 entries (2**22, i.e. 16 MiB of float32 plus a 4 MiB byte index for Rademacher; a quarter
 as many entries for Gaussian, whose temporaries are wider), whatever D is. A single row
@@ -19,12 +25,14 @@ of P larger than that (out_dim > 2**22) is generated alone.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
 from fasttda._dispatch import Op
 from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
+from fasttda.ops._matrix_cache import BytesLRU
 from fasttda.ops._checks import check_float_tensor
 
 KINDS = ("rademacher", "gaussian", "sjlt")
@@ -45,10 +53,11 @@ def project(
     s: int = 1,
     backend: str | None = "auto",
 ) -> torch.Tensor:
-    """Project the rows of ``x`` ``[B, D]`` to ``[B, out_dim]`` float32.
+    """Project the rows of ``x`` ``[B, D]`` to ``[B, out_dim]`` float32 (float64 for float64 ``x``).
 
     Args:
-        x: ``[B, D]`` float32, bfloat16 or float16; any strides.
+        x: ``[B, D]`` float32, bfloat16 or float16, or float64 (reference only, float64
+            accumulation; see the module doc); any strides.
         out_dim: the projected dimension k ≥ 1 (no multiple-of-512 rule).
         kind: ``"rademacher"`` (±1), ``"gaussian"`` or ``"sjlt"`` (sparse, s nonzeros per input coordinate).
         seed: any int in [0, 2**64).
@@ -59,13 +68,48 @@ def project(
     """
     check_project_args(x, out_dim, kind, offset, s)
     k_row, k_col = ch.seed_keys(seed, kind)
+    kept = _kept_matrix(x, out_dim, kind, k_row, k_col, offset, s, backend or "auto")
+    if kept is not None:  # x @ P with the unscaled P kept, then the scale once: the same sums
+        return torch.mm(x.to(torch.float32), kept).mul_(_scale(kind, out_dim, s))
     return _library.call("project", x, out_dim, kind, k_row, k_col, offset, s, backend or "auto")
 
 
-def choose_backend(backend: str, kind: str, device: torch.device):
+FLOAT64_ONLY_REFERENCE = ("takes float32/bfloat16/float16 input, got float64; float64 is projected by "
+                          "backend='reference' (float64 accumulation), or cast x to float32 first")
+
+
+# -- kept matrices (CPU, few rows) --------------------------------------------------------
+# Generating P costs about as much per entry as a few rows of x @ P (a Gaussian entry far
+# more: a log, a sqrt and a sine per pair), so for few rows the generation dominates every
+# call (TRAK's resnet18 case: 8 x 11.7M to 20 columns). Then, like TRAK's BasicProjector,
+# `project` with backend "auto" keeps the unscaled P of a CPU call (this many bytes at most,
+# least recently used dropped) and later calls with the same seed, offset and shape are one
+# GEMM. `clear_kept_matrices()` frees them.
+KEPT_MATRIX_BYTES = int(os.environ.get("FASTTDA_PROJECT_KEEP_BYTES", 1 << 30))
+KEEP_MAX_ROWS = {"rademacher": 4, "gaussian": 64}  # x rows below which generation dominates
+_KEPT = BytesLRU(KEPT_MATRIX_BYTES)
+
+
+def clear_kept_matrices() -> None:
+    """Free the projection matrices `project` keeps for repeated small CPU calls."""
+    _KEPT.clear()
+
+
+def _kept_matrix(x, out_dim, kind, k_row, k_col, offset, s, backend):
+    B, D = x.shape
+    if (backend != "auto" or x.device.type != "cpu" or x.dtype == torch.float64 or B > KEEP_MAX_ROWS.get(kind, -1)
+            or not _KEPT.fits(4 * D * out_dim) or torch.compiler.is_compiling()):
+        return None
+    build = lambda: MATRIX.resolve("auto", x.device)[1](D, out_dim, kind, k_row, k_col, offset, s, x.device)  # noqa: E731
+    return _KEPT.get((kind, k_row, k_col, offset, D, out_dim), build)
+
+
+def choose_backend(backend: str, kind: str, device: torch.device, dtype: torch.dtype = torch.float32):
     """The implementation the op ``project`` runs (see `fasttda.ops._library`); an explicit
-    backend that cannot run ``kind`` raises `BackendUnavailable`, never falls back."""
+    backend that cannot run ``kind`` or ``dtype`` raises `BackendUnavailable`, never falls back."""
     unsupported = {} if kind == "rademacher" else {"cuda": f"covers kind='rademacher' only, got kind={kind!r}"}
+    if dtype == torch.float64:
+        unsupported = {name: FLOAT64_ONLY_REFERENCE for name in ("cpp", "cuda", "triton")}
     _, impl = PROJECT.resolve(backend, device, unsupported)
     return impl
 
@@ -99,7 +143,7 @@ def projection_matrix(
 
 # -- argument checks ----------------------------------------------------------------------
 def check_project_args(x, out_dim, kind, offset, s) -> None:
-    check_float_tensor(x, "x", "B, D")
+    check_float_tensor(x, "x", "B, D", float64=True)
     if not isinstance(out_dim, int) or isinstance(out_dim, bool) or out_dim < 1:
         raise ValueError(f"out_dim must be an int >= 1, got {out_dim!r}")
     _check_kind_offset_s(kind, offset, s)
@@ -160,20 +204,21 @@ def _block_rows(out_dim: int, kind: str) -> int:
 
 def project_reference(x, out_dim, kind, k_row, k_col, offset, s):
     B, D = x.shape
-    out = torch.zeros(B, out_dim, dtype=torch.float32, device=x.device)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # P's entries are exact in both
+    out = torch.zeros(B, out_dim, dtype=acc, device=x.device)
     if kind == "sjlt":
         step = max(1, BLOCK_ENTRIES // (B * s))
         for lo in range(0, D, step):
             hi = min(D, lo + step)
             bucket, sign = sjlt_targets(offset + lo, hi - lo, out_dim, s, k_row, k_col, x.device)
-            contrib = x[:, lo:hi].to(torch.float32)[:, :, None] * sign  # [B, rows, s]
+            contrib = x[:, lo:hi].to(acc)[:, :, None] * sign.to(acc)  # [B, rows, s]
             out.index_add_(1, bucket.reshape(-1), contrib.reshape(B, -1))
     else:
         step = _block_rows(out_dim, kind)
         for lo in range(0, D, step):
             hi = min(D, lo + step)
             block = dense_block(offset + lo, hi - lo, out_dim, kind, k_row, k_col, x.device)
-            out.addmm_(x[:, lo:hi].to(torch.float32), block)
+            out.addmm_(x[:, lo:hi].to(acc), block.to(acc))
     return out.mul_(_scale(kind, out_dim, s))
 
 

@@ -39,6 +39,10 @@ MODES = ("r", "append")
 VERIFY = ("none", "size", "full")
 
 
+# Rows per chunk of `FeatureStore.read`: each is converted straight into the output.
+READ_ROWS = 1 << 14
+
+
 @dataclass
 class Chunk:
     """Consecutive stored rows ``[start, start + len)``, as they are on disk (the scorer's input).
@@ -68,10 +72,20 @@ class Chunk:
         """Row ids: an int64 array (running row indices when none were given), or a list of str."""
         return self.store.ids(self.start, self.stop)
 
-    def dequantize(self) -> torch.Tensor:
+    def dequantize(self, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The rows as float32 ``[n, dim]``; into ``out`` (float32 ``[n, dim]``) when given.
+
+        Into ``out``, float formats and int8 are converted in one pass straight from the
+        memory map (the same values as `fasttda.ops.dequantize`: ``float(q) * scale`` is
+        one rounding either way), so a full read allocates nothing per chunk."""
+        if out is not None and self.fmt in ("fp32", "bf16", "fp16"):
+            return out.copy_(self.data)
+        if out is not None and self.fmt == "int8":
+            return torch.mul(self.data, self.scale[:, None], out=out)
         from fasttda.ops.quantize import dequantize
 
-        return dequantize(self.data, self.scale, self.fmt, dim=self.store.dim)
+        rows = dequantize(self.data, self.scale, self.fmt, dim=self.store.dim)
+        return rows if out is None else out.copy_(rows)
 
 
 class FeatureStore:
@@ -459,8 +473,10 @@ class FeatureStore:
     def read(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Committed rows ``[start, stop)`` dequantized to float32 ``[n, dim]``."""
         start, stop = self._range(start, stop)
-        parts = [c.dequantize() for c in self.iter_chunks(1 << 16, start, stop)]
-        return torch.cat(parts) if parts else torch.empty(0, self.dim)
+        out = torch.empty(stop - start, self.dim, dtype=torch.float32)
+        for c in self.iter_chunks(READ_ROWS, start, stop):
+            c.dequantize(out=out[c.start - start:c.stop - start])
+        return out
 
     def norms(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Float32 L2 norms of rows ``[start, stop)`` before quantization."""

@@ -72,6 +72,20 @@ def test_seed_consistency_2(seed, proj_type, dtype, proj_dim, input_shape):
     testing.assert_close(result, result_again, equal_nan=True)
 
 
+NUM_TRIALS = 100
+
+
+def _pair_trials(g, p, preserved) -> int:
+    """Upstream's loop: NUM_TRIALS random pairs (i, j) of rows (np.random, as upstream draws
+    them); how many keep their norm or product, as ``preserved(g_i, g_j, p_i, p_j)`` judges."""
+    g = ch.cat([v for v in g.values()], dim=1)
+    count = 0
+    for _ in range(NUM_TRIALS):
+        i, j = np.random.choice(range(g.shape[0]), size=2)
+        count += preserved(g[i], g[j], p[i], p[j])
+    return count
+
+
 def _chunked(g, seed, proj_type, dtype, proj_dim, batch_size, max_chunk_size):
     seeds = np.random.default_rng(seed).integers(low=0, high=500, size=len(g))  # numpy int64 seeds
     sizes = [v.size(1) for v in g.values()]
@@ -89,15 +103,12 @@ def test_norm_preservation(seed, proj_type, dtype, proj_dim, input_shape):
     p = _chunked(g, seed, proj_type, dtype, proj_dim, batch_size, max_chunk_size).project(g, model_id=0)
     delta = 0.05
     eps = np.sqrt(np.log(1 / delta) / proj_dim)
-    num_trials, num_successes = 100, 0
-    g = ch.cat([v for v in g.values()], dim=1)
-    for _ in range(num_trials):
-        i, j = np.random.choice(range(g.shape[0]), size=2)
-        n = (g[i] - g[j]).norm()
-        pn = (p[i] - p[j]).norm() / np.sqrt(input_shape[-1])
-        res = (n - pn).cpu().abs().item()
-        num_successes += int(res <= 35 * eps * n)
-    assert num_successes >= num_trials * (1 - 3 * delta)
+
+    def preserved(gi, gj, pi, pj):
+        n = (gi - gj).norm()
+        pn = (pi - pj).norm() / np.sqrt(input_shape[-1])
+        return int((n - pn).cpu().abs().item() <= 35 * eps * n)
+    assert _pair_trials(g, p, preserved) >= NUM_TRIALS * (1 - 3 * delta)
 
 
 @pytest.mark.parametrize("seed, proj_type, dtype, input_shape, proj_dim", PARAM)
@@ -108,16 +119,14 @@ def test_prod_preservation(seed, proj_type, dtype, proj_dim, input_shape):
     p = proj.project(g, model_id=0)
     delta = 0.2
     eps = np.sqrt(np.log(1 / delta) / proj_dim)
-    num_trials, num_successes = 100, 0
-    g = ch.cat([v for v in g.values()], dim=1)
-    for _ in range(num_trials):
-        i, j = np.random.choice(range(g.shape[0]), size=2)
-        n = g[i] @ g[j]
-        pn = (p[i] / np.sqrt(input_shape[-1])) @ (p[j] / input_shape[-1])
+
+    def preserved(gi, gj, pi, pj):
+        n = gi @ gj
+        pn = (pi / np.sqrt(input_shape[-1])) @ (pj / input_shape[-1])
         res = (n.abs() - pn.abs()).cpu().abs().item()
         t = (50 * np.sqrt(proj_dim) * eps * n).abs().item()
-        num_successes += max(int(res <= t), math.isinf(res), math.isinf(t))
-    assert num_successes >= num_trials * (1 - 2 * delta)
+        return max(int(res <= t), math.isinf(res), math.isinf(t))
+    assert _pair_trials(g, p, preserved) >= NUM_TRIALS * (1 - 2 * delta)
 
 
 @pytest.mark.parametrize("seed, proj_type, dtype, input_shape, proj_dim", PARAM)

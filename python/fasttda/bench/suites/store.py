@@ -43,9 +43,23 @@ def run(ctx) -> list[dict]:
         out = anchor_cases(ctx, rows, root)
         for fmt in FORMATS:
             out += fasttda_cases(ctx, rows, fmt, root)
-        return out
+        return add_goals(ctx, out)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def add_goals(ctx, cases: list[dict]) -> list[dict]:
+    """``extra["goals"]`` (issue 16): the int8 store writes and reads (into float32) at least
+    as fast as the float16 memmap the anchors write."""
+    ok = {(c["name"], c["impl"]): c for c in cases if c.get("status") == "ok"}
+    for name in ("write", "read"):
+        mine, base = ok.get((name, "fasttda.FeatureStore[int8]")), ok.get((name, "numpy.memmap[fp16]"))
+        if mine is None or base is None or ctx.quick:
+            continue
+        value = base["median_s"] / mine["median_s"]
+        mine.setdefault("extra", {})["goals"] = [dict(goal=f"int8 {name} vs numpy.memmap[fp16] >= 1",
+                                                      value=round(value, 4), met=value >= 1.0)]
+    return cases
 
 
 class _FreshDirs:

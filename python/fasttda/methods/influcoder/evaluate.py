@@ -54,6 +54,22 @@ def spearman_agg(s, y) -> float:
     return spearman(s.mean(axis=0), y.mean(axis=0))
 
 
+def split_half_agg(y, *, repeats: int = 20, seed: int = 0) -> float:
+    """How stable the teacher's aggregated ranking is in its anchors: the mean, over random
+    halvings of the anchors, of Spearman between the two halves' candidate means. Low values
+    mean a candidate's mean over these anchors depends on which anchors were drawn."""
+    y = np.asarray(y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else y, dtype=np.float64)
+    if y.ndim != 2 or y.shape[0] < 2 or y.shape[1] < 2:
+        raise ValueError(f"split_half_agg needs an [anchors >= 2, candidates >= 2] matrix, got {y.shape}")
+    rng = np.random.default_rng(seed)
+    half = y.shape[0] // 2
+    values = []
+    for _ in range(repeats):
+        order = rng.permutation(y.shape[0])
+        values.append(spearman(y[order[:half]].mean(axis=0), y[order[half:]].mean(axis=0)))
+    return float(np.mean(values))
+
+
 def _pair(s, y):
     s = s.detach().cpu().numpy() if isinstance(s, torch.Tensor) else np.asarray(s)
     y = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)

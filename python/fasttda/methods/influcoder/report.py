@@ -35,6 +35,10 @@ def goals(report: dict, details: dict) -> list[str]:
         f"speed: encoder {s['encoder'] * 1e3:.2f} ms/example, gradient path {s['gradient'] * 1e3:.2f} ms/example "
         f"(×{s['gradient'] / s['encoder']:.2f}); the teacher is tiny here, so this says little",
     ]
+    if "teacher_split_half_agg" in details:
+        said.append(f"the teacher's own aggregated ranking agrees with itself at {details['teacher_split_half_agg']:.3f} "
+                    "(Spearman between the candidate means of two random halves of the held-out anchors): "
+                    "how much the aggregate depends on which anchors were drawn")
     if flops:
         said.append(f"FLOPs per example: encoder {flops['encoder_flops']:.3g}, gradient path "
                     f"{flops['gradient_flops']:.3g} (gradient/encoder ×{flops['ratio_gradient_over_encoder']:.3g})")
