@@ -43,17 +43,19 @@ def words(rk, ck):
 
 
 @triton.jit
-def gaussian_tile(rk, cols, k_col):
-    """Unscaled N(0, 1) float32 tile ``[R, C]``: Box–Muller over column pairs (cos even, sin odd)."""
-    pair = (cols >> 1) * 2
+def gaussian_tile(rk, col0, k_col, BLOCK_C: tl.constexpr):
+    """Unscaled N(0, 1) float32 tile ``[R, BLOCK_C]`` of columns ``col0 + [0, BLOCK_C)``, ``col0``
+    even: Box–Muller per column pair (column 2j: r·cos θ, 2j + 1: r·sin θ). Each pair's two
+    hashes, log and sqrt are computed once for both columns (half the work and registers of
+    one Box–Muller per entry, and the same values)."""
+    pair = col0 + 2 * tl.arange(0, BLOCK_C // 2)
     w1 = words(rk[:, None], col_keys(pair, k_col)[None, :])
     w2 = words(rk[:, None], col_keys(pair + 1, k_col)[None, :])
     u1 = ((w1 >> 8) + 1).to(tl.float32) * (1.0 / 16777216.0)
     u2 = (w2 >> 8).to(tl.float32) * (1.0 / 16777216.0)
     r = tl.sqrt(-2.0 * tl.log(u1))
     theta = u2 * 6.283185307179586
-    odd = (cols & 1)[None, :] == 1
-    return tl.where(odd, r * tl.sin(theta), r * tl.cos(theta))
+    return tl.reshape(tl.join(r * tl.cos(theta), r * tl.sin(theta)), (rk.shape[0], BLOCK_C))
 
 
 @triton.jit

@@ -53,7 +53,7 @@ def _dense_project_kernel(
         )
         rk = row_keys(d.to(tl.int64) + offset, k_row)
         if GAUSSIAN:
-            p = gaussian_tile(rk, cols, k_col)
+            p = gaussian_tile(rk, pid_k * BLOCK_K, k_col, BLOCK_K)
         else:
             p = rademacher_tile_packed(rk, pid_k * (BLOCK_K // 32), BLOCK_K // 32, k_col)
         acc += tl.dot(x.to(DOT_DTYPE), p.to(DOT_DTYPE), input_precision="tf32x3")
@@ -106,7 +106,7 @@ def _dense_matrix_kernel(
     cols = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     rk = row_keys(d.to(tl.int64) + offset, k_row)
     if GAUSSIAN:
-        p = gaussian_tile(rk, cols, k_col)
+        p = gaussian_tile(rk, pid_k * BLOCK_K, k_col, BLOCK_K)
     else:
         p = rademacher_tile_packed(rk, pid_k * (BLOCK_K // 32), BLOCK_K // 32, k_col)
     tl.store(out_ptr + d[:, None].to(tl.int64) * K + cols[None, :], p, mask=(d[:, None] < D) & (cols[None, :] < K))

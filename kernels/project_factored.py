@@ -47,7 +47,6 @@ def _project_tokens(ptr, b, t, t_ok, stride_b, stride_t, stride_d, D, col0, k_ro
                     GAUSSIAN: tl.constexpr, NATIVE_DOT: tl.constexpr, PRECISION: tl.constexpr,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
     """Unscaled ``[BLOCK_T, BLOCK_K]`` projection of one token tile onto columns ``col0 + [0, BLOCK_K)``."""
-    ks = col0 + tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_T, BLOCK_K), dtype=tl.float32)
     for d0 in range(0, D, BLOCK_D):
         d = d0 + tl.arange(0, BLOCK_D)
@@ -57,7 +56,7 @@ def _project_tokens(ptr, b, t, t_ok, stride_b, stride_t, stride_d, D, col0, k_ro
                        mask=t_ok[:, None] & (d < D)[None, :], other=0.0)
         rk = row_keys(d.to(tl.int64), k_row)
         if GAUSSIAN:
-            p = gaussian_tile(rk, ks, k_col)
+            p = gaussian_tile(rk, col0, k_col, BLOCK_K)
         else:
             p = _rademacher_words_tile(rk, col0, k_col, BLOCK_D, BLOCK_K)
         if NATIVE_DOT:

@@ -24,7 +24,11 @@ from fasttda.kernels.project import _dot_dtype, _scale, launch_project
 from fasttda.kernels.quantize import (FMT_CODE, RAW_DTYPE, SCALED_QMAX, _view_stored, encode_float, encode_scaled,
                                       launch_quantize, quantize_levels, stored_width)
 
-FUSED_MAX_DIM = 2048
+# Widest fused rows (compile check, sm_90a and sm_80): Rademacher at K_PAD = 2048 spills 1.4 KB
+# (the [16, 2048] accumulator and P tile are 128 floats per thread on 16 warps); Gaussian
+# tiles hold their Box–Muller temporaries too and spill 0.5 KB at 1024.
+FUSED_MAX_DIM = 1024
+FUSED_MAX_DIM_GAUSSIAN = 512
 FUSED_BLOCK_B = 16
 
 
@@ -53,7 +57,7 @@ def _project_quantize_kernel(
         )
         rk = row_keys(d.to(tl.int64) + offset, k_row)
         if GAUSSIAN:
-            p = gaussian_tile(rk, cols, k_col)
+            p = gaussian_tile(rk, 0, k_col, K_PAD)
         else:
             p = rademacher_tile_packed(rk, 0, K_PAD // 32, k_col)
         acc += tl.dot(x.to(DOT_DTYPE), p.to(DOT_DTYPE), input_precision="tf32x3")
@@ -80,13 +84,22 @@ def _project_quantize_kernel(
 
 
 def fused(kind: str, out_dim: int) -> bool:
-    return kind != "sjlt" and out_dim <= FUSED_MAX_DIM
+    limit = FUSED_MAX_DIM if kind == "rademacher" else min(FUSED_MAX_DIM, FUSED_MAX_DIM_GAUSSIAN)
+    return kind != "sjlt" and out_dim <= limit
 
 
 def fills_gpu(B: int, device: torch.device) -> bool:
     """Whether the fused kernel's ``cdiv(B, 16)`` programs fill the GPU. With fewer rows
     (B = 32 is 2 programs on 132 SMs), split-K projection then quantization is faster."""
     return interpreted(device) or triton.cdiv(B, FUSED_BLOCK_B) >= multiprocessor_count(device)
+
+
+def _gpu_options(k_pad: int, gaussian: bool):
+    """``(BLOCK_D, launch options)`` on a GPU: spread the ``[BLOCK_B, K_PAD]`` accumulator and
+    P tile over more threads as rows widen; Gaussian tiles (log, sqrt, sin, cos per pair)
+    need 8 warps from the start (4 spilled 0.6 KB at K_PAD = 512 on sm_80)."""
+    warps = min(16, max(8 if gaussian else 4, k_pad // 128))
+    return 16, {"enable_fp_fusion": False, "num_warps": warps}
 
 
 def launch_project_quantized(x, out_dim, fmt, kind, k_row, k_col, offset, s):
@@ -104,11 +117,9 @@ def launch_project_quantized(x, out_dim, fmt, kind, k_row, k_col, offset, s):
     norms = torch.empty(B, dtype=torch.float32, device=x.device)
     cpu = interpreted(x.device)
     BLOCK_B = FUSED_BLOCK_B
-    BLOCK_D = 32 if cpu else 16
     gaussian = kind == "gaussian"
     k_pad = max(32, triton.next_power_of_2(out_dim))
-    # spread the [BLOCK_B, K_PAD] accumulator and P tile over more threads as rows widen
-    options = {} if cpu else {"enable_fp_fusion": False, "num_warps": min(16, max(4, k_pad // 128))}
+    BLOCK_D, options = (32, {}) if cpu else _gpu_options(k_pad, gaussian)
     launch(
         _project_quantize_kernel, (triton.cdiv(B, BLOCK_B),),
         x, raw, norms if scale is None else scale, norms, B, D, out_dim, W, x.stride(0), x.stride(1), offset,

@@ -8,9 +8,13 @@ multiplies by the per-row factor (scale, times 1/‖r‖ under cosine). Then eit
 
 * ``TOPK``: the tile's scores become int64 keys (the same `pack_keys` order as the
   reference: higher score, then lower row index), and the program keeps its running best
-  ``K_PAD`` keys in registers, merged with each tile by ``tl.topk``. It writes those
-  ``K_PAD`` keys once; a small ``torch.topk`` over ``[Q, programs × K_PAD]`` keys finishes.
-  The score matrix never exists.
+  ``K_PAD`` keys in registers, sorted ascending. A tile that holds a key better than some
+  query's k-th best is merged: its top ``K_PAD`` (``tl.topk``, descending), the elementwise
+  max with the running best (a bitonic sequence that holds the ``K_PAD`` best of both),
+  and ``log2(K_PAD)`` compare-and-swap stages (``tl.bitonic_merge``). Sorting the joined
+  ``2·K_PAD`` keys instead spilled kilobytes of registers. The program writes its ``K_PAD``
+  keys once; a small ``torch.topk`` over ``[Q, programs × K_PAD]`` keys finishes. The score
+  matrix never exists.
 * dense: the tile is stored into ``out`` (`score_dense`, and top-k with k > ``MAX_KERNEL_K``,
   where the launcher scores bounded chunks and merges them on the host).
 
@@ -25,6 +29,7 @@ import torch
 
 from fasttda.formats import FMT_CODE
 from fasttda.kernels._launch import interpreted, launch, multiprocessor_count, triton_interpreted
+from fasttda.kernels.quantize import fp8_e4m3_value
 from fasttda.topk import chunk_rows, chunk_topk_keys, merge_topk, unpack_keys
 
 MAX_KERNEL_K = 256
@@ -42,9 +47,9 @@ def _load_rows_t(rows_ptr, row_stride, offs_n, offs_d, mask, FMT: tl.constexpr):
         ptrs = rows_ptr + row_offsets + (offs_d[:, None] // 2)
         byte = tl.load(ptrs, mask=mask, other=0).to(tl.int32)
         vals = ((byte >> ((offs_d[:, None] & 1) * 4)) & 0xF).to(tl.float32) - 8.0
-    elif FMT == 4:  # fp8 has no 0 to pad with in every Triton version: mask afterwards
+    elif FMT == 4:  # fp8 e4m3 as raw bytes, decoded with integer ops: sm_80 has no fp8 type
         ptrs = rows_ptr + row_offsets + offs_d[:, None]
-        vals = tl.load(ptrs, mask=mask).to(tl.float32)
+        vals = fp8_e4m3_value(tl.load(ptrs, mask=mask, other=0))
     else:
         ptrs = rows_ptr + row_offsets + offs_d[:, None]
         vals = tl.load(ptrs, mask=mask, other=0).to(tl.float32)
@@ -122,8 +127,10 @@ def _score_kernel(
             kth = tl.min(best, axis=1)
             if tl.sum((keys > kth[:, None]).to(tl.int32)) > 0:
                 if SORT_MERGE:
-                    tile_best = tl.topk(keys, K_PAD)
-                    best = tl.topk(tl.reshape(tl.join(best, tile_best), [BLOCK_Q, 2 * K_PAD]), K_PAD)
+                    # best is sorted ascending, the tile's top K_PAD descending: their
+                    # elementwise max is bitonic and holds the K_PAD best of both, which
+                    # log2(K_PAD) compare-and-swap stages sort ascending again.
+                    best = tl.bitonic_merge(tl.maximum(best, tl.topk(keys, K_PAD)), descending=False)
                 else:
                     best = _merge_by_extraction(best, keys, K_PAD)
         else:
@@ -140,19 +147,27 @@ def _programs_target(device: torch.device) -> int:
     return max(1, 4 * multiprocessor_count(device))
 
 
-def _blocks(n_queries: int, dim: int, k_pad: int = 0):
+def _blocks(n_queries: int, dim: int, k_pad: int, gpu: bool):
     # The running top-k holds [BLOCK_Q, K_PAD] int64 keys plus a tile's [BLOCK_Q, BLOCK_N]
     # in registers: past K_PAD = 64, 16 queries per program on 8 warps keep it out of local
-    # memory (the compile check limits spills).
+    # memory (the compile check limits spills). On a GPU the float32 FMA dot holds its
+    # operands' whole BLOCK_D slice in registers: BLOCK_D = 16 (255 registers and 1 KB of
+    # spills at 64, 178 registers and none at 16, sm_90a). The interpreter takes wide tiles.
     block_q = 16 if n_queries <= 16 or k_pad > 64 else 32
     block_n = max(64, k_pad)
-    block_d = 32 if dim <= 32 else 64
+    block_d = 16 if gpu else 32 if dim <= 32 else 64
     return block_q, block_n, block_d
+
+
+def _gpu_options(k_pad: int) -> dict:
+    # 8 warps at every k: with 4, ptxas spills up to 28 bytes of the FMA dot's operands
+    # (3 stores, or d not a multiple of 16, where the pipelined loads stay in registers)
+    return {"num_warps": 8}
 
 
 def _plan(n_q: int, n: int, dim: int, k_pad: int, device: torch.device):
     """Block sizes, rows per program and the number of row slices for ``n`` rows."""
-    block_q, block_n, block_d = _blocks(n_q, dim, k_pad)
+    block_q, block_n, block_d = _blocks(n_q, dim, k_pad, not interpreted(device))
     q_blocks = triton.cdiv(n_q, block_q)
     if k_pad:  # top-k: few long slices, each merged once on the host
         splits = max(1, min(triton.cdiv(n, block_n), _programs_target(device) // q_blocks))
@@ -162,6 +177,11 @@ def _plan(n_q: int, n: int, dim: int, k_pad: int, device: torch.device):
     return (block_q, block_n, block_d), per_program, triton.cdiv(n, per_program)
 
 
+def _raw(rows: torch.Tensor, fmt: str) -> torch.Tensor:
+    """fp8 rows as their bytes (the kernel decodes them); other formats as given."""
+    return rows.view(torch.uint8) if fmt == "fp8_e4m3" else rows
+
+
 def _launch(queries, rows, factors, fmts, out, n_lo, n_hi, k_pad, plan):
     (block_q, block_n, block_d), per_program, splits = plan
     n_q = queries[0].shape[0]
@@ -169,13 +189,13 @@ def _launch(queries, rows, factors, fmts, out, n_lo, n_hi, k_pad, plan):
     grid = (triton.cdiv(n_q, block_q), splits)
     launch(
         _score_kernel, grid,
-        tuple(queries), tuple(r[n_lo:n_hi] for r in rows), tuple(r.stride(0) for r in rows),
+        tuple(queries), tuple(_raw(r[n_lo:n_hi], f) for r, f in zip(rows, fmts)), tuple(r.stride(0) for r in rows),
         tuple(empty if f is None else f[n_lo:n_hi] for f in factors), tuple(q.shape[1] for q in queries),
         out, out.stride(0), n_q, n_hi - n_lo, per_program,
         FMTS=tuple(FMT_CODE[f] for f in fmts), HAS_FACTOR=tuple(f is not None for f in factors),
         TOPK=k_pad > 0, K_PAD=max(k_pad, 1), SORT_MERGE=SORT_NETWORK_IN_INTERPRETER or not triton_interpreted(),
         BLOCK_Q=block_q, BLOCK_N=block_n, BLOCK_D=block_d,
-        **({} if interpreted(out.device) else {"num_warps": 8 if k_pad > 64 else 4}),
+        **({} if interpreted(out.device) else _gpu_options(k_pad)),
     )
 
 

@@ -118,7 +118,10 @@ COMPILE_SCRIPT = textwrap.dedent('''
         _launch.recorder = None
         # negative control: a kernel with a plain float32 '/' breaks a div=rn promise
         src = "import triton, triton.language as tl\\n@triton.jit\\ndef k(x, n):\\n" \\
-              "    o = tl.arange(0, 16)\\n    tl.store(x + o, tl.load(x + o) / n)\\n"
+              "    o = tl.arange(0, 16)\\n    tl.store(x + o, tl.load(x + o) / n)\\n" \\
+              "@triton.jit\\ndef dot(x, P: tl.constexpr):\\n" \\
+              "    o = tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :]\\n" \\
+              "    tl.store(x + o, tl.dot(tl.load(x + o), tl.load(x + o), input_precision=P))\\n"
         path = os.path.join(tempfile.mkdtemp(), "negative.py")
         open(path, "w").write(src)
         spec = importlib.util.spec_from_file_location("negative", path)
@@ -128,6 +131,14 @@ COMPILE_SCRIPT = textwrap.dedent('''
         out["negative"] = inventory.check_promise("Numerics: dot=none; div=rn.", {
             "dot_precision": r["dot_precision"] or ["none"], "matrix": [r["matrix"]],
             "division": r["division"] or ["none"]})
+        # the dot precision read from the IR, against the PTX's matrix instruction
+        out["precisions"] = {}
+        for p in ("ieee", "tf32", "tf32x3"):
+            c, log = compile_launch(mod.dot, (1,), (torch.empty(256, device=meta),), {"P": p})
+            r = resources(c, log, "sm_90a")
+            out["precisions"][p] = [r["dot_precision"], r["matrix"], inventory.check_promise(
+                f"Numerics: dot={p}; div=none.", {"dot_precision": r["dot_precision"], "matrix": [r["matrix"]],
+                                                  "division": ["none"]})]
     print(json.dumps(out))
 ''')
 
@@ -160,3 +171,23 @@ def test_factored_kernel_is_tf32x3_with_64_bit_offsets(compiled):
     assert compiled["factored"]["precision"] == ["tf32x3"]
     assert "tf32" in compiled["factored"]["matrix"]
     assert compiled["factored"]["addptr"] > 0 and compiled["factored"]["i32_offsets"] == []
+
+
+def test_dot_precision_is_read_from_the_ir_as_the_ptx_confirms(compiled):
+    """The IR elides the default mode (IEEE): an FMA-only dot must not read as TF32."""
+    p = compiled["precisions"]
+    assert p["ieee"][:2] == [["ieee"], "fma"]
+    assert p["tf32"][0] == ["tf32"] and "tf32" in p["tf32"][1]
+    assert p["tf32x3"][0] == ["tf32x3"] and "tf32" in p["tf32x3"][1]
+    assert p["ieee"][2] == p["tf32"][2] == p["tf32x3"][2] == []  # each promise holds
+
+
+def test_dot_precision_parser_on_ir_lines():
+    from fasttda.kernels_check.compiler import dot_precisions
+
+    line = "%4 = tt.dot %x_8, %y_12, %cst{} : tensor<16x16x{}> * tensor<16x16x{}> -> tensor<16x16xf32> loc(#loc1)"
+    assert dot_precisions(line.format("", "f32", "f32")) == ["ieee"]
+    assert dot_precisions(line.format(", inputPrecision = tf32", "f32", "f32")) == ["tf32"]
+    assert dot_precisions(line.format(", inputPrecision = tf32x3", "f32", "f32")) == ["tf32x3"]
+    assert dot_precisions(line.format("", "bf16", "bf16")) == ["16bit"]
+    assert dot_precisions("%1 = tt.load %p") == []

@@ -264,14 +264,20 @@ def test_triton_large_k_falls_back_to_dense_tiles(gen, monkeypatch):
 
 
 @needs_triton
-def test_triton_sort_network_merge(gen, monkeypatch):
-    """The GPU's tl.topk merge (slow under the interpreter, so one small case)."""
+@pytest.mark.parametrize("k, n, ascending", [(5, 70, False), (40, 200, True)])
+def test_triton_sort_network_merge(gen, monkeypatch, k, n, ascending):
+    """The GPU's merge (tile top-k by tl.topk, then a bitonic merge with the running best;
+    slow under the interpreter, so small cases). Rows sorted by ascending score make every
+    64-row tile replace most of the running top-k (K_PAD = 64 for k = 40)."""
     from fasttda.kernels import score as kernel
 
     monkeypatch.setattr(kernel, "SORT_NETWORK_IN_INTERPRETER", True)
-    queries, rows = to_device(*integer_case(gen, n=70, q=3))
-    ref = score_topk(queries, rows, k=5, backend="reference")
-    assert_equal_results(score_topk(queries, rows, k=5, backend="triton"), ref)
+    queries, rows = integer_case(gen, n=n, q=3)
+    if ascending:
+        rows = rows[torch.argsort(rows @ queries[0], stable=True)]
+    queries, rows = to_device(queries, rows)
+    ref = score_topk(queries, rows, k=k, backend="reference")
+    assert_equal_results(score_topk(queries, rows, k=k, backend="triton"), ref)
 
 
 # -- C++ CPU kernel -------------------------------------------------------------------------

@@ -90,7 +90,24 @@ def compile_launch(kernel, grid, args, kwargs):
     finally:
         if old is not None:
             nvidia.dump_ptxas_log = old
-    return compiled, buf.getvalue()
+    log = buf.getvalue()
+    saved = _saved_log_path(compiled)
+    if "Used" in log:  # a fresh compile: keep its log for when Triton's cache serves the kernel
+        os.makedirs(os.path.dirname(saved), exist_ok=True)
+        with open(saved + ".tmp", "w") as f:
+            f.write(log)
+        os.replace(saved + ".tmp", saved)
+    elif os.path.exists(saved):
+        with open(saved) as f:
+            log = f.read()
+    return compiled, log
+
+
+def _saved_log_path(compiled) -> str:
+    """Where the ptxas log of a compiled kernel is kept, next to Triton's cache (by its hash)."""
+    from triton import knobs
+
+    return os.path.join(knobs.cache.dir, "fasttda-ptxas-logs", f"{compiled.hash}.log")
 
 
 def _ptxas_path(arch: str) -> str:
@@ -104,14 +121,25 @@ def _ptxas_path(arch: str) -> str:
     return tool.path
 
 
+def _triton_ptxas_flags() -> list[str]:
+    """Flags Triton adds to ptxas that change register allocation (3.9: ``--regAllocOptLevel=2``,
+    a workaround for a ptxas 13 bug; 3.6: none)."""
+    import inspect
+
+    from triton.backends.nvidia import compiler as nv
+
+    return ["--regAllocOptLevel=2"] if "--regAllocOptLevel=2" in inspect.getsource(nv.CUDABackend.make_cubin) else []
+
+
 def ptxas_log(ptx: str, arch: str, fp_fusion: bool) -> str:
-    """``ptxas -v`` on the kernel's PTX (used when Triton served the kernel from its cache)."""
+    """``ptxas -v`` on the kernel's PTX, with Triton's flags: used when Triton's cache served a
+    kernel that this check did not compile (no saved log)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "k.ptx")
         with open(src, "w") as f:
             f.write(ptx)
-        cmd = [_ptxas_path(arch), "-v", f"--gpu-name={arch}", f"--fmad={'true' if fp_fusion else 'false'}",
-               src, "-o", os.path.join(tmp, "k.cubin")]
+        cmd = [_ptxas_path(arch), "-v", *_triton_ptxas_flags(), f"--gpu-name={arch}",
+               f"--fmad={'true' if fp_fusion else 'false'}", src, "-o", os.path.join(tmp, "k.cubin")]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
 
 
@@ -138,8 +166,13 @@ def resources(compiled, log: str, arch: str) -> dict:
 
 
 def dot_precisions(ttir: str) -> list[str]:
-    """Per ``tt.dot`` in the Triton IR: ``16bit`` for bf16/fp16 operands, else its float32 mode
-    (``ieee``, ``tf32x3``, or ``tf32`` when no mode is printed: Triton's default)."""
+    """Per ``tt.dot`` in the Triton IR: ``16bit`` for bf16/fp16 operands, else its float32 mode.
+
+    The IR prints ``inputPrecision = tf32`` / ``tf32x3`` and elides the attribute's default,
+    ``ieee`` (the mode the Python front end resolves ``input_precision=None`` to is always
+    written out), so a dot with no mode printed is IEEE. `inventory.check_promise` checks the
+    reading against the PTX: a TF32 mode needs a tf32 mma, IEEE none.
+    """
     out = set()
     for line in re.findall(r"= tt\.dot [^\n]*", ttir):
         operand = re.search(r": tensor<[\dx]+x(\w+)", line)
@@ -147,7 +180,7 @@ def dot_precisions(ttir: str) -> list[str]:
             out.add("16bit")
         else:
             mode = re.search(r"inputPrecision = (\w+)", line)
-            out.add(mode.group(1) if mode else "tf32")
+            out.add(mode.group(1) if mode else "ieee")
     return sorted(out)
 
 

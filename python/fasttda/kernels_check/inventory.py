@@ -65,8 +65,8 @@ def check_promise(doc: str, entry: dict) -> list[str]:
         out.append(f"promises dot={dot} but compiles dots as {sorted(precisions)}")
     elif dot in ("none", "ieee") and (tf32_mma or any(m != "fma" for m in entry["matrix"])):
         out.append(f"promises dot={dot} but the PTX has {entry['matrix']}")
-    elif "tf32x3" in precisions and not tf32_mma:
-        out.append(f"promises tf32x3 but the PTX has no tf32 mma ({entry['matrix']})")
+    elif precisions & {"tf32", "tf32x3"} and not tf32_mma:
+        out.append(f"the IR has {sorted(precisions)} dots but the PTX has no tf32 mma ({entry['matrix']})")
     divisions = set(entry["division"]) - {"none"}
     if div == "none" and divisions:
         out.append(f"promises div=none but the PTX divides with {sorted(divisions)}")
