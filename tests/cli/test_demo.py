@@ -9,7 +9,9 @@ from click.testing import CliRunner
 from fasttda.cli import main
 from tiny_models import one_thread  # noqa: F401
 
-REQUIRED = ("bm25", "grad_dot", "cosine", "trak_if", "debias", "denoise", "dda", "dda_lr", "debias_dot")
+REQUIRED = ("bm25", "grad_dot", "cosine", "trak_if", "debias", "denoise", "dda", "dda_lr", "debias_dot",
+            "grad_dot_contrast", "denoise_contrast", "dda_contrast", "comparison", "comparison_denoise",
+            "comparison_dda")
 
 
 def test_demo_quick_report(tmp_path):
@@ -19,7 +21,13 @@ def test_demo_quick_report(tmp_path):
     assert result.exit_code == 0, result.output
     out = top / "seed3"
     report = json.loads((out / "report.json").read_text())
-    assert set(report) == {"methods", "pairs", "config"}
+    assert set(report) == {"methods", "pairs", "config", "debias_diagnosis"}
+    # the label-free statistic per form, judged against the labelled outcome
+    assert set(report["debias_diagnosis"]) == {"cosine", "dot", "contrast", "comparison"}
+    for form, d in report["debias_diagnosis"].items():
+        assert -1 <= d["top_lift"] <= 1 and d["predicts"] in ("harm", "help"), form
+        assert d["correct"] == ((d["top_lift"] > 0) == (d["dda_minus_denoise"] <= 0)), form
+    assert report["methods"]["comparison"]["forward_passes"] > 0
     assert set(REQUIRED) <= set(report["methods"])
     for name, m in report["methods"].items():
         for key in ("auc", "recall_at_k", "index_s", "score_s"):
@@ -46,6 +54,7 @@ def test_demo_quick_report(tmp_path):
     summary = json.loads((top / "report.json").read_text())
     assert summary["seeds"] == [3] and summary["methods"]["dda"]["auc"]["values"] == [report["methods"]["dda"]["auc"]]
     assert (top / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (top / "report.md").is_file()
+    assert summary["debias_statistic"]["runs"] == 4 and "The label-free statistic" in (top / "report.md").read_text()
     assert "| dda |" in result.stdout and "AUC per seed (3)" in result.stdout  # the table is printed
     # the data files the demo wrote are valid inputs of the other commands
     assert (out / "data" / "train.jsonl").is_file() and (out / "data" / "queries.jsonl").is_file()

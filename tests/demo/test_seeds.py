@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fasttda.demo import readme, seeds
+from fasttda.demo.evaluate import FPR_GRID
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,3 +79,18 @@ def test_the_readme_table_is_generated_from_the_committed_summary():
     block = readme.block_of((ROOT / "README.md").read_text())
     assert block == readme.render(summary), "regenerate it: python -m fasttda.demo.readme README.md"
     assert len(summary["seeds"]) >= 3
+
+
+def test_collect_aggregates_reports_already_written(tmp_path):
+    for r in REPORTS:
+        d = tmp_path / f"seed{r['config']['seed']}"
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps(r))
+        grid = FPR_GRID.tolist()
+        (d / "roc.json").write_text(json.dumps({"fpr": grid, "tpr": {n: grid for n in r["methods"]}}))
+    s = seeds.collect([0, 1, 2], tmp_path, log=lambda m: None)
+    assert s == json.loads((tmp_path / "report.json").read_text()) and s["wall_s"] is None
+    assert s["methods"]["denoise"]["auc"]["values"] == [0.80, 0.90, 0.70]
+    assert "separate jobs" in readme.render(s) and "--collect" in readme.render(s)
+    with pytest.raises(FileNotFoundError, match="seed5"):
+        seeds.collect([0, 5], tmp_path, log=lambda m: None)

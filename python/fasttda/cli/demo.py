@@ -16,6 +16,9 @@ from fasttda.cli._common import FORMATS, one_line_errors
                    "to OUT/report.md, report.json and roc.png.")
 @click.option("--jobs", default=1, show_default=True, type=click.IntRange(min=1),
               help="With --seeds: seeds run at a time, one process and one torch thread each (2 on 2 cores).")
+@click.option("--collect", is_flag=True,
+              help="With --seeds: run nothing, aggregate the single-seed reports already in OUT/seed*/ (seeds run "
+                   "as separate `--seed N --out OUT/seedN` jobs, or elsewhere).")
 @click.option("--update-readme", type=click.Path(exists=True, dir_okay=False),
               help="With --seeds: rewrite the demo table between the demo-table markers of this README.")
 @click.option("--quick", is_flag=True, help="A small configuration that runs in well under 2 minutes (for CI).")
@@ -39,7 +42,7 @@ from fasttda.cli._common import FORMATS, one_line_errors
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [1: the model is tiny].")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bars.")
 @one_line_errors
-def demo(out, seed, seeds, jobs, update_readme, quick, progress, **overrides):
+def demo(out, seed, seeds, jobs, collect, update_readme, quick, progress, **overrides):
     """Run the embedded benchmark end to end and write its report.
 
     Each run is as deterministic as torch allows (one thread, deterministic algorithms,
@@ -60,6 +63,8 @@ def demo(out, seed, seeds, jobs, update_readme, quick, progress, **overrides):
     config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if seeds is None:
+        if collect:
+            raise click.UsageError("--collect needs --seeds: the seeds whose reports to aggregate")
         if update_readme:
             raise click.UsageError("--update-readme needs --seeds: the README's table is a multi-seed one")
         report = run(config, Path(out), progress=progress, log=log)
@@ -67,7 +72,11 @@ def demo(out, seed, seeds, jobs, update_readme, quick, progress, **overrides):
         return
     from fasttda.demo import readme, seeds as seeds_mod
 
-    summary = seeds_mod.run_seeds(config, seeds_mod.parse_seeds(seeds), out, jobs=jobs, progress=progress, log=log)
+    if collect:
+        summary = seeds_mod.collect(seeds_mod.parse_seeds(seeds), out, log=log)
+    else:
+        summary = seeds_mod.run_seeds(config, seeds_mod.parse_seeds(seeds), out, jobs=jobs, progress=progress,
+                                      log=log)
     click.echo(seeds_mod.table(summary))
     if update_readme:
         readme.update(update_readme, summary)

@@ -163,9 +163,15 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     base_dir, epoch_dirs, epoch_lrs, cached = _trained_models(config, model, tokenizer, pretrain_texts, train,
                                                               models_dir, progress)
     train_s = time.perf_counter() - t0
+    if cached is not None:
+        # the models come from an earlier run: count the time that run took to train them
+        # (total_s too), so a reused seed reports what a fresh one costs
+        t_start -= cached - train_s
+        train_s = cached
     phases["train"] = train_s
-    log(f"reused the trained θ₀ and {config.epochs} epochs in {models_dir} (same training configuration)" if cached
-        else f"trained θ₀ and {config.epochs} epochs in {train_s:.0f} s")
+    log(f"reused the trained θ₀ and {config.epochs} epochs in {models_dir} (same training configuration; "
+        f"they took {train_s:.0f} s to train)" if cached is not None else
+        f"trained θ₀ and {config.epochs} epochs in {train_s:.0f} s")
 
     t0 = time.perf_counter()
     last = load_checkpoint(epoch_dirs[-1])
@@ -250,7 +256,7 @@ def _run(config: DemoConfig, out: Path, progress: bool, log) -> dict:
     cfg.update(n_swapped=sum(r.swap is not None for r in corpus.train), model_parameters=n_params,
                n_queries=len(queries), n_generated_queries=n_generated,
                n_teacher_forced_queries=len(queries) - n_generated, epoch_learning_rates=epoch_lrs,
-               train_s=train_s, total_s=time.perf_counter() - t_start, implementation="fasttda.pipeline",
+               models_reused=cached is not None, train_s=train_s, total_s=time.perf_counter() - t_start, implementation="fasttda.pipeline",
                torch=torch.__version__, machine=f"{platform.machine()}, {torch.get_num_threads()} threads",
                fingerprints=fingerprints, environment=environment(), kernels=kernels,
                deterministic_algorithms=torch.are_deterministic_algorithms_enabled(),
@@ -328,8 +334,10 @@ def _trained_models(config: DemoConfig, model, tokenizer, pretrain_texts, train,
             saved = {}
         dirs = [models_dir / "base"] + [models_dir / f"epoch{i + 1}" for i in range(config.epochs)]
         if saved.get("key") == json.loads(json.dumps(key)) and all((d / "config.json").is_file() for d in dirs):
-            return str(dirs[0]), [str(d) for d in dirs[1:]], saved["epoch_learning_rates"], True
+            return (str(dirs[0]), [str(d) for d in dirs[1:]], saved["epoch_learning_rates"],
+                    float(saved.get("train_s", _previous_train_s(models_dir.parent))))
     record.unlink(missing_ok=True)
+    t0 = time.perf_counter()
     train_mod.pretrain(model, tokenizer, pretrain_texts, epochs=config.pretrain_epochs, lr=config.pretrain_lr,
                        batch_size=config.batch_size * 2, seed=config.seed, max_length=config.max_length,
                        progress=progress)
@@ -337,8 +345,17 @@ def _trained_models(config: DemoConfig, model, tokenizer, pretrain_texts, train,
     epoch_dirs, epoch_lrs = train_mod.finetune(model, tokenizer, train, models_dir, epochs=config.epochs,
                                                lr=config.lr, batch_size=config.batch_size, seed=config.seed + 1,
                                                max_length=config.max_length, progress=progress)
-    record.write_text(json.dumps({"key": key, "epoch_learning_rates": epoch_lrs}, indent=2))
-    return base_dir, epoch_dirs, epoch_lrs, False
+    record.write_text(json.dumps({"key": key, "epoch_learning_rates": epoch_lrs,
+                                  "train_s": time.perf_counter() - t0}, indent=2))
+    return base_dir, epoch_dirs, epoch_lrs, None
+
+
+def _previous_train_s(out: Path) -> float:
+    """The training time an earlier run of this directory reported (0 when unknown)."""
+    try:
+        return float(json.loads((out / "report.json").read_text())["config"]["train_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _weights_sha256(model) -> str:

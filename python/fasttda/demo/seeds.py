@@ -103,6 +103,25 @@ def run_seeds(config, seeds: Sequence[int], out: str | Path, *, jobs: int = 1, p
     return summary
 
 
+def collect(seeds: Sequence[int], out: str | Path, *, log=print) -> dict:
+    """Aggregate the single-seed reports already in ``out/seed{N}/`` (seeds run as separate
+    jobs, or on other machines) without running anything; ``wall_s`` is then unknown."""
+    out = Path(out)
+    dirs = [out / f"seed{s}" for s in seeds]
+    missing = [str(d / "report.json") for d in dirs if not (d / "report.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no single-seed report to collect: {', '.join(missing)}")
+    reports = [json.loads((d / "report.json").read_text()) for d in dirs]
+    for s, r in zip(seeds, reports):
+        if r["config"]["seed"] != s:
+            raise ValueError(f"{out / f'seed{s}' / 'report.json'} holds seed {r['config']['seed']}, not {s}")
+    summary = aggregate(reports, wall_s=None, jobs=0)
+    curves = {name: np.mean([_curve(str(d), name) for d in dirs], axis=0) for name in summary["methods"]}
+    paths = write(out, summary, curves)
+    log(f"wrote {paths['md']}, {paths['json']} and {paths['png']} from {len(seeds)} seeds' reports")
+    return summary
+
+
 def _curve(run_dir: str, name: str) -> np.ndarray:
     data = json.loads((Path(run_dir) / "roc.json").read_text())
     return np.asarray(data["tpr"][name], dtype=np.float64)
@@ -144,10 +163,10 @@ def aggregate(reports: Sequence[dict], *, wall_s: float | None = None, jobs: int
         cfg = r["config"]
         per_seed[str(cfg["seed"])] = {k: cfg.get(k) for k in (
             "total_s", "train_s", "n_queries", "n_generated_queries", "n_teacher_forced_queries", "n_swapped",
-            "fingerprints")}
+            "fingerprints", "models_reused")}
     common = {k: v for k, v in reports[0]["config"].items() if k not in (
         "seed", "total_s", "train_s", "n_queries", "n_generated_queries", "n_teacher_forced_queries",
-        "fingerprints", "n_swapped", "epoch_learning_rates")}
+        "fingerprints", "n_swapped", "epoch_learning_rates", "models_reused", "phases_s")}
     return {"seeds": seeds, "methods": methods, "comparisons": comparisons, "per_seed": per_seed,
             "config": common, "wall_s": wall_s, "jobs": jobs, "debias_statistic": debias_statistic(reports)}
 
@@ -212,7 +231,8 @@ def machine_notes(summary: dict) -> list[str]:
         "with other hallucinations and other queries. Expect each method's AUC within about the spread "
         "shown, not the same digits; the effects that hold in every seed are the claim.",
         f"This run: {env.get('cpu', '?')} ({env.get('isa', '?')}), torch {env.get('torch', '?')}, "
-        f"transformers {env.get('transformers', '?')}, {summary.get('jobs', 1)} seed(s) at a time.",
+        f"transformers {env.get('transformers', '?')}, " + (
+            f"{summary.get('jobs', 1)} seed(s) at a time." if summary.get("jobs") else "seeds run as separate jobs."),
     ]
 
 
