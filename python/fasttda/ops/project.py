@@ -29,7 +29,7 @@ import os
 
 import torch
 
-from fasttda._dispatch import Op
+from fasttda._dispatch import ENV_VAR, Op
 from fasttda.ops import _library
 from fasttda.ops import _counter_hash as ch
 from fasttda.ops._matrix_cache import BytesLRU
@@ -97,8 +97,10 @@ def clear_kept_matrices() -> None:
 
 def _kept_matrix(x, out_dim, kind, k_row, k_col, offset, s, backend):
     B, D = x.shape
-    if (backend != "auto" or x.device.type != "cpu" or x.dtype == torch.float64 or B > KEEP_MAX_ROWS.get(kind, -1)
-            or not _KEPT.fits(4 * D * out_dim) or torch.compiler.is_compiling()):
+    # only a plain "auto": a backend named by argument or by FASTTDA_BACKEND runs that backend
+    env = os.environ.get(ENV_VAR, "").strip().lower()
+    if (backend != "auto" or env not in ("", "auto") or x.device.type != "cpu" or x.dtype == torch.float64
+            or B > KEEP_MAX_ROWS.get(kind, -1) or not _KEPT.fits(4 * D * out_dim) or torch.compiler.is_compiling()):
         return None
     build = lambda: MATRIX.resolve("auto", x.device)[1](D, out_dim, kind, k_row, k_col, offset, s, x.device)  # noqa: E731
     return _KEPT.get((kind, k_row, k_col, offset, D, out_dim), build)
