@@ -35,9 +35,13 @@ def test_ops_store_and_kernels_use_the_table():
 
 
 def test_cpp_format_enum_agrees():
-    """csrc/cpu/score.cpp: ``enum class Fmt`` order is the code; ``parse_fmt`` maps names to it."""
-    src = (ROOT / "csrc" / "cpu" / "score.cpp").read_text()
-    enum = re.search(r"enum class Fmt\s*\{([^}]*)\}", src).group(1)
+    """csrc/cpu: ``enum class Fmt`` (score_rows.h) order is the code; ``parse_fmt`` (score.cpp)
+    maps names to it. Exactly one enum exists in the C++ sources."""
+    cpu = ROOT / "csrc" / "cpu"
+    enums = [m for f in sorted(cpu.glob("*.[ch]*")) for m in re.findall(r"enum class Fmt\s*\{([^}]*)\}", f.read_text())]
+    assert len(enums) == 1, f"expected one `enum class Fmt` in csrc/cpu, found {len(enums)}"
+    enum = enums[0]
+    src = (cpu / "score.cpp").read_text()
     members = [m.split("=")[0].strip() for m in enum.split(",") if m.strip()]
     explicit = [int(m.split("=")[1]) for m in enum.split(",") if "=" in m]
     codes = explicit if explicit else list(range(len(members)))
