@@ -400,20 +400,25 @@ def test_cpp_multi_store_factors_and_cosine(gen, nq):
     helpers.assert_topk_tie_aware(values, indices, scores, 25, tol)
 
 
-def test_cpp_fp8_every_code(gen):
-    """Every fp8 e4m3 byte converts exactly; a NaN code (0x7F, 0xFF) makes the scores non-finite."""
+@pytest.mark.parametrize("nq", [1, 3, 9])
+def test_cpp_fp8_every_code(gen, nq):
+    """Every fp8 e4m3 byte converts exactly (the dot path reads them as fp16 bits, 2^-8 times
+    the value); a NaN code (0x7F, 0xFF) anywhere in a row, vector body or tail, makes the
+    scores non-finite, for 1 query (one row per tile), a few and many (the sgemm path)."""
     cpp_or_skip()
     codes = torch.arange(256, dtype=torch.int64)
     finite = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)
     rows = finite[torch.randperm(finite.numel(), generator=gen)].reshape(-1, 254 // 2)  # 2 rows x 127
     rows = torch.cat([rows, rows.flip(1)])
-    q = torch.randn(3, rows.shape[1], generator=gen)
+    q = torch.randn(nq, rows.shape[1], generator=gen)
     raw = rows.view(torch.float8_e4m3fn).double()
     scale = torch.ones(rows.shape[0])
     values, indices = score_topk(q, rows, k=4, scales=scale, fmt="fp8_e4m3", backend="cpp")
     helpers.assert_topk_tie_aware(values, indices, q.double() @ raw.T, 4, helpers.fp32_dot_bound(q, raw))
-    for nan in (0x7F, 0xFF):
+    dense = score_dense(q, rows, scales=scale, fmt="fp8_e4m3", backend="cpp")
+    assert ((dense.double() - q.double() @ raw.T).abs() <= helpers.fp32_dot_bound(q, raw)).all()
+    for nan, col in ((0x7F, 100), (0xFF, 3), (0x7F, 126)):  # 126: past the last full vector
         bad = rows.clone()
-        bad[1, 100] = nan
+        bad[1, col] = nan
         with pytest.raises(ValueError, match="scores are not finite"):
             score_topk(q, bad, k=2, scales=scale, fmt="fp8_e4m3", backend="cpp")
