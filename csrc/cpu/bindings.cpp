@@ -11,6 +11,8 @@ std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>&
 at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::vector<at::Tensor>& rows,
                            const std::vector<c10::optional<at::Tensor>>& factors,
                            const std::vector<std::string>& fmts, at::Tensor out);
+at::Tensor dequantize_cpu(const at::Tensor& data, const c10::optional<at::Tensor>& scale, const std::string& fmt,
+                          int64_t dim, const c10::optional<at::Tensor>& out);
 std::tuple<at::Tensor, bool> cast_checked_cpu(const at::Tensor& x, const std::string& fmt);
 at::Tensor project_cpu(const at::Tensor& x, int64_t out_dim, const std::string& kind, int64_t k_row, int64_t k_col,
                        int64_t offset, int64_t s);
@@ -28,6 +30,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "Rows of the unscaled counter-hash P as float32 (see fasttda.ops.project.projection_matrix)");
   m.def("score_dense", &score_dense_cpu, "Dense scores of queries against stored rows into out");
+  m.def("dequantize", &dequantize_cpu, pybind11::arg("data"), pybind11::arg("scale"), pybind11::arg("fmt"),
+        pybind11::arg("dim"), pybind11::arg("out") = pybind11::none(),
+        "Stored rows to float32 with per-row scales, into out when given (see fasttda.ops.quantize.dequantize)");
   m.def("cast_checked", &cast_checked_cpu,
         "(x cast to bf16/fp16, ok): the range check fused into the cast (see fasttda.ops.quantize)");
 }

@@ -230,3 +230,40 @@ def test_cpp_cast_rejects_what_the_reference_rejects(gen, fmt):
             quantize(y, fmt, backend=backend)
     with pytest.raises(Exception, match="C\\+\\+ CPU kernel"):
         quantize(x, "int8", backend="cpp")
+
+
+# -- C++ dequantize (every format; a store's full read writes through `out`) ------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("n,d", [(1, 1), (5, 7), (37, 33), (300, 131)])
+def test_cpp_dequantize_bitwise_equals_reference(gen, fmt, n, d):
+    """Fresh output and into a strided slice of a larger buffer; strided stored rows too."""
+    _cpp_or_skip()
+    x = student_t_rows(gen, 2 * n, d).float()
+    data, scale = quantize(x, fmt, backend="reference")
+    for rows, s in ((data, scale), (data[::2], None if scale is None else scale[::2])):
+        ref = dequantize(rows, s, fmt, dim=d, backend="reference")
+        got = dequantize(rows, s, fmt, dim=d, backend="cpp")
+        assert torch.equal(got.view(torch.int32), ref.view(torch.int32))
+        buf = torch.full((rows.shape[0], d + 5), 7.0)
+        into = dequantize(rows, s, fmt, dim=d, out=buf[:, 2:2 + d], backend="cpp")
+        assert into.data_ptr() == buf[:, 2:].data_ptr()
+        assert torch.equal(buf[:, 2:2 + d].view(torch.int32), ref.view(torch.int32))
+        assert bool((buf[:, :2] == 7.0).all() and (buf[:, 2 + d:] == 7.0).all())  # nothing written outside
+
+
+def test_cpp_dequantize_every_fp8_code_and_out_checks(gen):
+    _cpp_or_skip()
+    codes = torch.arange(256, dtype=torch.uint8).reshape(2, 128)
+    scale = torch.tensor([1.0, 0.375])
+    ref = dequantize(codes, scale, "fp8_e4m3", backend="reference")
+    got = dequantize(codes, scale, "fp8_e4m3", backend="cpp")
+    assert torch.equal(got.isnan(), ref.isnan()) and torch.equal(got.nan_to_num(), ref.nan_to_num())
+    data, scale = quantize(torch.randn(4, 6, generator=gen), "int8")
+    for bad, match in ((torch.empty(4, 5), r"out must be a float32 tensor \[4, 6\]"),
+                       (torch.empty(4, 6, dtype=torch.float64), "out must be a float32"),
+                       (torch.empty(6, 4).T, r"stride\(1\) == 1")):
+        with pytest.raises(ValueError, match=match):
+            dequantize(data, scale, "int8", out=bad)
+    out = torch.empty(4, 6)
+    assert dequantize(data, scale, "int8", out=out, backend="reference") is out
+    assert torch.equal(out, dequantize(data, scale, "int8", backend="reference"))

@@ -94,6 +94,17 @@ def _dequantize_body(data, scale, fmt, dim, backend):
     return impl(data, scale, fmt, dim)
 
 
+def dequantize_into(data, scale, fmt, dim, out, backend):
+    """`dequantize` into ``out`` (checked by the caller): the C++ kernel writes it directly,
+    the other backends' result is copied in. Traced code gets the custom op and a copy."""
+    if torch.compiler.is_compiling():
+        return out.copy_(torch.ops.fasttda.dequantize(data, scale, fmt, dim, backend))
+    name, impl = _op_module("quantize").DEQUANTIZE.resolve(backend, common_device(data))
+    if name == "cpp":
+        return impl(data, scale, fmt, dim, out)
+    return out.copy_(impl(data, scale, fmt, dim))
+
+
 def _encoder_epilogue_body(hidden, mask, fmt, backend):
     device = common_device(hidden, mask, names=("hidden", "mask"))
     _, impl = _op_module("encoder_epilogue").ENCODER_EPILOGUE.resolve(backend, device)

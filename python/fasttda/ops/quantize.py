@@ -113,8 +113,12 @@ def nonfinite_rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim: int | None = None,
-               backend: str | None = "auto") -> torch.Tensor:
-    """Invert `quantize` to float32 ``[N, dim]``. ``dim`` is needed for int4 with an odd width."""
+               out: torch.Tensor | None = None, backend: str | None = "auto") -> torch.Tensor:
+    """Invert `quantize` to float32 ``[N, dim]``. ``dim`` is needed for int4 with an odd width.
+
+    ``out``: a float32 ``[N, dim]`` destination (rows may be strided, elements contiguous),
+    filled and returned; the C++ backend writes it in one pass (a store's full read), the
+    others copy their result into it."""
     check_format(fmt)
     if not isinstance(data, torch.Tensor) or data.dim() != 2:
         raise ValueError(f"data must be a 2-D tensor, got {getattr(data, 'shape', type(data).__name__)}")
@@ -131,7 +135,16 @@ def dequantize(data: torch.Tensor, scale: torch.Tensor | None, fmt: str, *, dim:
         dim = data.shape[1] * 2 if fmt == "int4" else data.shape[1]
     elif stored_width(fmt, dim) != data.shape[1]:
         raise ValueError(f"dim={dim} does not match data width {data.shape[1]} for fmt={fmt!r}")
-    return _library.call("dequantize", data, scale, fmt, dim, backend or "auto")
+    if out is None:
+        return _library.call("dequantize", data, scale, fmt, dim, backend or "auto")
+    if not isinstance(out, torch.Tensor) or out.dtype != torch.float32 or tuple(out.shape) != (data.shape[0], dim):
+        raise ValueError(f"out must be a float32 tensor [{data.shape[0]}, {dim}], got "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {list(getattr(out, 'shape', []))}")
+    if out.device != data.device:
+        raise ValueError(f"out is on {out.device} but data is on {data.device}")
+    if dim > 1 and out.stride(1) != 1:
+        raise ValueError(f"out must have contiguous rows (stride(1) == 1), got strides {out.stride()}")
+    return _library.dequantize_into(data, scale, fmt, dim, out, backend or "auto")
 
 
 # -- reference ------------------------------------------------------------------------------
@@ -186,4 +199,5 @@ def cast_checked_reference(x, fmt):
 # The fused bf16/fp16 cast of float32 CPU rows; `quantize` asks it first (see `_cast_checked`).
 CAST_CHECKED = Op("cast_checked", reference=cast_checked_reference, cpp="cast_checked")
 QUANTIZE = Op("quantize", reference=quantize_reference, triton="fasttda.kernels.quantize:launch_quantize")
-DEQUANTIZE = Op("dequantize", reference=dequantize_reference, triton="fasttda.kernels.quantize:launch_dequantize")
+DEQUANTIZE = Op("dequantize", reference=dequantize_reference, triton="fasttda.kernels.quantize:launch_dequantize",
+                cpp="dequantize")

@@ -75,17 +75,12 @@ class Chunk:
     def dequantize(self, out: torch.Tensor | None = None) -> torch.Tensor:
         """The rows as float32 ``[n, dim]``; into ``out`` (float32 ``[n, dim]``) when given.
 
-        Into ``out``, float formats and int8 are converted in one pass straight from the
-        memory map (the same values as `fasttda.ops.dequantize`: ``float(q) * scale`` is
-        one rounding either way), so a full read allocates nothing per chunk."""
-        if out is not None and self.fmt in ("fp32", "bf16", "fp16"):
-            return out.copy_(self.data)
-        if out is not None and self.fmt == "int8":
-            return torch.mul(self.data, self.scale[:, None], out=out)
+        Into ``out``, every format is converted in one pass straight from the memory map
+        (`fasttda.ops.dequantize` with ``out``: the C++ kernel on the CPU), so a full read
+        allocates nothing per chunk."""
         from fasttda.ops.quantize import dequantize
 
-        rows = dequantize(self.data, self.scale, self.fmt, dim=self.store.dim)
-        return rows if out is None else out.copy_(rows)
+        return dequantize(self.data, self.scale, self.fmt, dim=self.store.dim, out=out)
 
 
 class FeatureStore:
