@@ -143,11 +143,14 @@ class Student(nn.Module):
         """Last hidden states ``[B, T, H]`` and the pooling weights ``[B, T]`` (the mask,
         or attention weights over real tokens)."""
         batch = self.tokenize(texts)
-        hidden = self.encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].to(hidden.dtype)
+        return self.pool_weights(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
+
+    def pool_weights(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(hidden, weights [B, T])``: the mask for mean pooling, or the attention weights."""
+        mask = attention_mask.to(hidden.dtype)
         if self.pool_query is None:
             return hidden, mask
-        logits = (hidden.float() @ self.pool_query) / hidden.shape[-1] ** 0.5
+        logits = (hidden.to(self.pool_query.dtype) @ self.pool_query) / hidden.shape[-1] ** 0.5
         weights = torch.softmax(logits.masked_fill(mask == 0, float("-inf")), dim=1)
         return hidden, weights * mask.sum(dim=1, keepdim=True)  # sums like the mask: same mean scale
 

@@ -37,6 +37,9 @@ class TrainConfig:
     # train only the top `train_layers` transformer layers (None: all). Autograd then stops
     # below them, so a step costs a forward plus the backward of those layers only.
     train_layers: int | None = None
+    # with train_layers set, run the frozen bottom layers once per training text and train
+    # on their cached outputs (`frozen.FrozenPrefix`): a step runs only the top layers
+    cache_frozen: bool = True
     seed: int = 0
 
     def check(self, n_anchors: int, n_pool: int) -> None:
@@ -129,6 +132,7 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
         student.encoder.get_input_embeddings().requires_grad_(False)
     if config.train_layers is not None:
         freeze_below(student.encoder, config.train_layers)
+    embed_block = _block_embedder(student, anchor_texts, pool_texts, config, log)
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
@@ -146,7 +150,7 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
             total = 0.0
             for _ in range(config.accumulation):
                 a, c = sampler.sample()
-                emb = student.embed([anchor_texts[i] for i in a] + [pool_texts[j] for j in c])
+                emb = embed_block(a, c)
                 s = emb[:len(a)] @ emb[len(a):].T
                 loss = influcoder_loss(s, y[a][:, c], alpha=config.alpha, tau=config.tau)
                 (loss / config.accumulation).backward()
@@ -161,3 +165,28 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
                 log(f"step {step + 1}/{config.steps}: loss {sum(losses[-10:]) / len(losses[-10:]):.4f}")
     student.eval()
     return {"loss": losses, "seconds": time.perf_counter() - t0, "steps": config.steps}
+
+
+def _block_embedder(student, anchor_texts, pool_texts, config: TrainConfig, log):
+    """``embed(anchor rows, pool rows)``: through the cached frozen bottom when it applies
+    (checked against the full forward on a few texts first), else the full forward."""
+    def full(a, c):
+        return student.embed([anchor_texts[i] for i in a] + [pool_texts[j] for j in c])
+
+    n_layers = len(layer_stack(student.encoder)) if config.train_layers is not None else 0
+    if not (config.cache_frozen and config.freeze_embeddings and config.train_layers is not None
+            and config.train_layers < n_layers):
+        return full
+    from fasttda.methods.influcoder.frozen import FrozenPrefix, max_difference
+
+    texts = list(anchor_texts) + list(pool_texts)
+    prefix = FrozenPrefix(student, texts, n_layers - config.train_layers)
+    probe = list(range(0, len(texts), max(1, len(texts) // 8)))[:8]
+    diff = max_difference(student, prefix, [texts[i] for i in probe], probe)
+    if not diff <= 1e-4:
+        if log is not None:
+            log(f"the cached frozen layers give embeddings {diff:.2g} away from the full forward for this "
+                "encoder; training with the full forward (slower)")
+        return full
+    n_a = len(anchor_texts)
+    return lambda a, c: prefix.embed(a.tolist() + [n_a + j for j in c.tolist()])
