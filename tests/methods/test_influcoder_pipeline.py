@@ -175,7 +175,8 @@ def test_cli_teacher_train_encode_eval_and_query_prefilter(tmp_path):
 def test_demo_writes_the_report_shapes(tmp_path):
     from fasttda.methods.influcoder.demo import DemoConfig, run
 
-    config = DemoConfig.quick(n_examples=90, n_anchors_train=12, n_anchors_eval=6, n_pool_eval=30, n_pretrain=40,
+    config = DemoConfig.quick(n_examples=110, n_anchors_train=12, n_anchors_eval=6, n_pool_eval=30, n_pool_large=50,
+                              n_pretrain=40,
                               pretrain_epochs=1, n_countries=9, projection="sjlt:64", top_k=5, threads=1,
                               encoder=str(make_encoder(tmp_path / "enc")),
                               train=TrainConfig(steps=2, accumulation=1, anchors_per_step=4, candidates_per_step=6))
@@ -191,5 +192,10 @@ def test_demo_writes_the_report_shapes(tmp_path):
     assert set(report["seconds_per_example"]) == {"encoder", "gradient"}
     assert set(report["two_stage"]) == {"recall_at_50", "gradient_fraction"}
     assert 0 <= report["two_stage"]["recall_at_50"] <= 1
-    assert (tmp_path / "demo" / "report.md").read_text().startswith("# Influcoder demo")
+    details = json.loads((tmp_path / "demo" / "details.json").read_text())
+    large = details["two_stage_large"]
+    assert large["pool"] == 50 and details["two_stage_pool"] == 30 and 0 <= large["recall_at_50"] <= 1
+    assert all(r["fraction"] == pytest.approx(r["candidates"] / 50) for r in large["sweep"])
+    md = (tmp_path / "demo" / "report.md").read_text()
+    assert md.startswith("# Influcoder demo") and "30-row pool" in md and "50-row pool" in md
     assert (tmp_path / "demo" / "scatter.png").stat().st_size > 0

@@ -157,7 +157,7 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
               help="Output directory: report.md, report.json, details.json, scatter.png, models, stores.")
 @click.option("--seed", default=0, show_default=True, type=int, help="The seed of every random choice.")
 @click.option("--quick", is_flag=True, help="A small configuration that runs in about 2 minutes (for CI).")
-@click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [150; quick 20].")
+@click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [300; quick 20].")
 @click.option("--encoder", default=None, help="Student encoder directory [all-MiniLM-L6-v2].")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default=None, help="Pooling [mean].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [2].")
