@@ -254,6 +254,31 @@ void raise_not_finite(int64_t first_row) {
                     "or the dot products overflow float32 (rows from ", first_row, "); rescale the features");
 }
 
+// Scores every block of rows into a per-worker tile and hands finite tiles to
+// on_tile(worker, r0, n, tile); a block with a non-finite score is recorded instead (the
+// first such row is named in the error raised after the scan).
+template <typename OnTile>
+void scan_blocks(const Terms& t, int64_t workers, const OnTile& on_tile) {
+  const int64_t n_blocks = (t.n_rows + t.block - 1) / t.block;
+  std::vector<Scratch> scratch;
+  for (int64_t w = 0; w < workers; ++w) scratch.push_back(make_scratch(t));
+  std::atomic<int64_t> bad_row{std::numeric_limits<int64_t>::max()};
+  for_blocks(n_blocks, workers, [&](int64_t w, int64_t b) {
+    const int64_t r0 = b * t.block, n = std::min(t.block, t.n_rows - r0);
+    Scratch& s = scratch[w];
+    block_scores(t, r0, n, s);
+    if (!all_finite(s.tile.data(), t.n_queries * n)) {
+      int64_t seen = bad_row.load();
+      while (r0 < seen && !bad_row.compare_exchange_weak(seen, r0)) {}
+      return;
+    }
+    on_tile(w, r0, n, s.tile.data());
+  });
+  if (bad_row.load() != std::numeric_limits<int64_t>::max()) raise_not_finite(bad_row.load());
+}
+
+int64_t block_workers(const Terms& t) { return worker_count((t.n_rows + t.block - 1) / t.block); }
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>& queries,
@@ -264,29 +289,16 @@ std::tuple<at::Tensor, at::Tensor> score_topk_cpu(const std::vector<at::Tensor>&
   const int64_t nq = t.n_queries;
   k = std::min(k, t.n_rows);
   TORCH_CHECK(k >= 1, "score_topk: k must be >= 1 and there must be rows");
-  const int64_t n_blocks = (t.n_rows + t.block - 1) / t.block;
-  const int64_t workers = worker_count(n_blocks);
+  const int64_t workers = block_workers(t);
   std::vector<std::vector<Best>> best(workers, std::vector<Best>(nq));
-  std::vector<Scratch> scratch;
-  for (int64_t w = 0; w < workers; ++w) scratch.push_back(make_scratch(t));
-  std::atomic<int64_t> bad_row{std::numeric_limits<int64_t>::max()};
-  for_blocks(n_blocks, workers, [&](int64_t w, int64_t b) {
-    const int64_t r0 = b * t.block, n = std::min(t.block, t.n_rows - r0);
-    Scratch& s = scratch[w];
-    block_scores(t, r0, n, s);
-    if (!all_finite(s.tile.data(), nq * n)) {
-      int64_t seen = bad_row.load();
-      while (r0 < seen && !bad_row.compare_exchange_weak(seen, r0)) {}
-      return;
-    }
+  scan_blocks(t, workers, [&](int64_t w, int64_t r0, int64_t n, const float* tile) {
     for (int64_t q = 0; q < nq; ++q) {
       Best& h = best[w][q];
-      const float* x = s.tile.data() + q * n;
+      const float* x = tile + q * n;
       for (int64_t i = 0; i < n; ++i)
         if (x[i] >= h.floor) h.offer(x[i], r0 + i, k);
     }
   });
-  if (bad_row.load() != std::numeric_limits<int64_t>::max()) raise_not_finite(bad_row.load());
   at::Tensor values = at::empty({nq, k}, at::kFloat), indices = at::empty({nq, k}, at::kLong);
   auto vals = values.accessor<float, 2>();
   auto ids = indices.accessor<int64_t, 2>();
@@ -310,23 +322,10 @@ at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::ve
   TORCH_CHECK(out.scalar_type() == at::kFloat && out.dim() == 2 && out.size(0) == t.n_queries &&
               out.size(1) == t.n_rows, "score_dense: out must be float32 [Q, N]");
   const int64_t nq = t.n_queries;
-  const int64_t n_blocks = (t.n_rows + t.block - 1) / t.block;
-  const int64_t workers = worker_count(n_blocks);
-  std::vector<Scratch> scratch;
-  for (int64_t w = 0; w < workers; ++w) scratch.push_back(make_scratch(t));
-  std::atomic<int64_t> bad_row{std::numeric_limits<int64_t>::max()};
   auto acc = out.accessor<float, 2>();
-  for_blocks(n_blocks, workers, [&](int64_t w, int64_t b) {
-    const int64_t r0 = b * t.block, n = std::min(t.block, t.n_rows - r0);
-    Scratch& s = scratch[w];
-    block_scores(t, r0, n, s);
-    if (!all_finite(s.tile.data(), nq * n)) {
-      int64_t seen = bad_row.load();
-      while (r0 < seen && !bad_row.compare_exchange_weak(seen, r0)) {}
-    }
+  scan_blocks(t, block_workers(t), [&](int64_t, int64_t r0, int64_t n, const float* tile) {
     for (int64_t q = 0; q < nq; ++q)
-      for (int64_t i = 0; i < n; ++i) acc[q][r0 + i] = s.tile[q * n + i];
+      for (int64_t i = 0; i < n; ++i) acc[q][r0 + i] = tile[q * n + i];
   });
-  if (bad_row.load() != std::numeric_limits<int64_t>::max()) raise_not_finite(bad_row.load());
   return out;
 }

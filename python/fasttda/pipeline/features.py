@@ -20,7 +20,7 @@ from fasttda.data import Example, batches, contrast_references, data_fingerprint
 from fasttda.pipeline.checkpoints import Checkpoint
 from fasttda.ops.quantize import quantize
 from fasttda.store import FeatureStore
-from fasttda.store.feature_store import row_norms
+from fasttda.store._tensors import row_norms
 
 DEFAULT_PROJECTION = "factored:16x16"
 

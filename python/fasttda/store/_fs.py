@@ -18,7 +18,8 @@ import stat
 from contextlib import contextmanager
 from pathlib import Path
 
-from fasttda.store.errors import CorruptStoreError
+from fasttda._flock import FileLock, LockBusy
+from fasttda.store.errors import CorruptStoreError, StoreLockedError
 
 _NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CHUNK = 1 << 24  # bytes per read when hashing a file
@@ -160,3 +161,19 @@ def write_atomic(directory: Path, name: str, text: str) -> None:
         except OSError as exc:
             exc.manifest_replaced = True  # the new file is in place; only its durability is in doubt
             raise
+
+
+def writer_lock(path: Path) -> FileLock:
+    """Take the store's writer lock file ``path`` (flock: a killed writer's lock is released
+    by the OS); a held lock is a `StoreLockedError` naming the store."""
+    root = path.parent
+    lock = FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except LockBusy:
+        raise StoreLockedError(f"another writer holds {root} (lock {path}); one writer at a time. "
+                               "Readers may open it with mode='r' meanwhile.") from None
+    except OSError as exc:
+        raise CorruptStoreError(f"{path}: cannot take the writer lock: {exc.strerror or exc}",
+                                [str(path)]) from None
+    return lock

@@ -19,8 +19,6 @@ from __future__ import annotations
 import copy
 import os
 import warnings
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +26,10 @@ import torch
 
 from fasttda.ops.quantize import FLOAT_FORMATS, SCALED_QMAX, bytes_per_row, stored_width
 from fasttda.store import manifest as mf
-from fasttda._flock import FileLock, LockBusy
-from fasttda.store._fs import is_real_dir
-from fasttda.store.errors import CorruptStoreError, StoreError, StoreLockedError
+from fasttda.store._fs import is_real_dir, writer_lock
+from fasttda.store._tensors import as_float_tensor, row_norms
+from fasttda.store.chunk import Chunk
+from fasttda.store.errors import CorruptStoreError, StoreError
 from fasttda.store.ids import ids_digest, name_rows, normalize_ids
 from fasttda.store.shards import TORCH_DTYPE, ShardReader, ShardWriter, remove_uncommitted, roles, to_disk_array
 from fasttda.store.verify import check_files, check_values, raise_problems
@@ -41,46 +40,6 @@ VERIFY = ("none", "size", "full")
 
 # Rows per chunk of `FeatureStore.read`: each is converted straight into the output.
 READ_ROWS = 1 << 14
-
-
-@dataclass
-class Chunk:
-    """Consecutive stored rows ``[start, start + len)``, as they are on disk (the scorer's input).
-
-    ``data`` is the stored dtype (float32/bfloat16/float16/int8/float8_e4m3fn, or uint8
-    with two int4 values per byte), zero-copy from the shard's memory map; ``scale`` is
-    float32 ``[n]`` for int8/fp8_e4m3/int4, else None; ``norms`` are float32 ``[n]`` L2
-    norms of the rows before quantization. ``ids`` is looked up on first access.
-    """
-
-    start: int
-    data: torch.Tensor
-    scale: torch.Tensor | None
-    norms: torch.Tensor
-    fmt: str
-    store: "FeatureStore" = field(repr=False)
-
-    def __len__(self) -> int:
-        return self.data.shape[0]
-
-    @property
-    def stop(self) -> int:
-        return self.start + len(self)
-
-    @cached_property
-    def ids(self):
-        """Row ids: an int64 array (running row indices when none were given), or a list of str."""
-        return self.store.ids(self.start, self.stop)
-
-    def dequantize(self, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The rows as float32 ``[n, dim]``; into ``out`` (float32 ``[n, dim]``) when given.
-
-        Into ``out``, every format is converted in one pass straight from the memory map
-        (`fasttda.ops.dequantize` with ``out``: the C++ kernel on the CPU), so a full read
-        allocates nothing per chunk."""
-        from fasttda.ops.quantize import dequantize
-
-        return dequantize(self.data, self.scale, self.fmt, dim=self.store.dim, out=out)
 
 
 class FeatureStore:
@@ -126,7 +85,7 @@ class FeatureStore:
                 raise FileExistsError(f"{root} is not empty (holds {sorted(strays)[:5]}); "
                                       "give a new or empty directory")
         root.mkdir(parents=True, exist_ok=True)
-        lock = _lock(root)
+        lock = writer_lock(root / mf.LOCK)
         try:
             if (root / mf.MANIFEST).exists():  # another create won the race for the lock
                 raise FileExistsError(f"a feature store already exists at {root}; open it with FeatureStore.open")
@@ -163,7 +122,7 @@ class FeatureStore:
                 raise_problems(root, check_files(root / mf.SHARD_DIR, manifest, checksums=verify == "full"))
             return cls(root, manifest, "r")
         manifest = mf.load_manifest(root)  # a clear error before taking the lock
-        lock = _lock(root)
+        lock = writer_lock(root / mf.LOCK)
         try:
             manifest = mf.load_manifest(root)  # re-read under the lock
             shards = root / mf.SHARD_DIR
@@ -556,54 +515,3 @@ class FeatureStore:
 
     def _name_rows(self, bad: list[int], id_values) -> str:
         return name_rows(bad, id_values, len(self) + self._pending)
-
-
-FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def as_float_tensor(features) -> torch.Tensor:
-    """``features`` as a torch tensor of a float dtype the store takes (numpy without a copy where it can)."""
-    if isinstance(features, np.ndarray):
-        arr = features
-        if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16: the same bits as torch's
-            return torch.from_numpy(np.ascontiguousarray(arr).view(np.int16)).view(torch.bfloat16)
-        if arr.dtype.kind == "f" and arr.dtype.itemsize in (2, 4, 8):
-            return torch.from_numpy(np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False)))
-        dtype = arr.dtype
-    elif isinstance(features, torch.Tensor):
-        if features.dtype in FLOAT_DTYPES:
-            return features
-        dtype = features.dtype
-    else:
-        raise TypeError(f"features must be a torch.Tensor or numpy array, got {type(features).__name__}")
-    raise TypeError(f"features must be float32, float64, float16 or bfloat16 (torch or numpy), got {dtype}; "
-                    "rows already in the store's format go through append_quantized")
-
-
-def row_norms(x: torch.Tensor) -> torch.Tensor:
-    """Float32 L2 norms of rows; non-finite exactly for the rows holding NaN or inf.
-
-    Rows whose float32 sum of squares overflows are redone in float64, where finite
-    float32 values cannot overflow. Float64 input is normed in float64.
-    """
-    if x.dtype == torch.float64:
-        return torch.linalg.vector_norm(x, dim=1).to(torch.float32)
-    norms = torch.linalg.vector_norm(x, dim=1, dtype=torch.float32)
-    redo = (~torch.isfinite(norms)).nonzero().flatten()
-    if redo.numel():
-        norms[redo] = torch.linalg.vector_norm(x[redo].to(torch.float64), dim=1).to(torch.float32)
-    return norms
-
-
-def _lock(root: Path) -> FileLock:
-    """The store's writer lock (flock: a killed writer's lock is released by the OS)."""
-    lock = FileLock(root / mf.LOCK, timeout=0)
-    try:
-        lock.acquire()
-    except LockBusy:
-        raise StoreLockedError(f"another writer holds {root} (lock {root / mf.LOCK}); one writer at a time. "
-                               "Readers may open it with mode='r' meanwhile.") from None
-    except OSError as exc:
-        raise CorruptStoreError(f"{root / mf.LOCK}: cannot take the writer lock: {exc.strerror or exc}",
-                                [str(root / mf.LOCK)]) from None
-    return lock
