@@ -160,10 +160,12 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
 @click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [300; quick 20].")
 @click.option("--encoder", default=None, help="Student encoder directory [all-MiniLM-L6-v2].")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default=None, help="Pooling [mean].")
+@click.option("--pool-lr", type=click.FloatRange(min=0, min_open=True),
+              help="Learning rate of attention pooling's query [the student's lr].")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [2].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_errors
-def demo_cmd(out, seed, quick, steps, encoder, pooling, threads, progress):
+def demo_cmd(out, seed, quick, steps, encoder, pooling, pool_lr, threads, progress):
     """Teacher → train → eval → two-stage on the embedded setting, offline, on CPU."""
     import dataclasses
     from pathlib import Path
@@ -175,6 +177,8 @@ def demo_cmd(out, seed, quick, steps, encoder, pooling, threads, progress):
     config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
     if steps:
         config.train = dataclasses.replace(config.train, steps=steps)
+    if pool_lr:
+        config.train = dataclasses.replace(config.train, pool_lr=pool_lr)
     if (Path(out) / "report.json").exists():
         raise FileExistsError(f"{out} already holds a report; choose another --out")
     result = run(config, Path(out), progress=progress, log=lambda m: click.echo(m, err=True))

@@ -26,6 +26,9 @@ class TrainConfig:
     candidates_per_step: int = 15
     accumulation: int = 4
     lr: float = 5e-5
+    # the learning rate of attention pooling's query vector (None: lr). It starts at zero (plain
+    # mean pooling) and enters the logits scaled by 1/sqrt(H): at the encoder's lr it barely moves
+    pool_lr: float | None = None
     weight_decay: float = 0.01
     warmup: float = 0.1             # fraction of the steps
     clip: float = 1.0
@@ -52,6 +55,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {getattr(self, name)}")
         if self.train_layers is not None and (not isinstance(self.train_layers, int) or self.train_layers < 1):
             raise ValueError(f"train_layers must be None or an int >= 1, got {self.train_layers!r}")
+        if self.pool_lr is not None and not self.pool_lr > 0:
+            raise ValueError(f"pool_lr must be None or > 0, got {self.pool_lr}")
         for name in ("lr", "tau", "clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -134,10 +139,13 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
         freeze_below(student.encoder, config.train_layers)
     embed_block = _block_embedder(student, anchor_texts, pool_texts, config, log)
     params = [p for p in student.parameters() if p.requires_grad]
+    pool = [p for p in params if p is student.pool_query]
     decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    no_decay = [p for p in params if p.dim() < 2 and p is not student.pool_query]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if pool:
+        groups.append({"params": pool, "weight_decay": 0.0, "lr": config.pool_lr or config.lr})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr)
     scheduler = linear_schedule(optimizer, config.steps, max(1, math.ceil(config.warmup * config.steps)))
     from tqdm.auto import tqdm
 
