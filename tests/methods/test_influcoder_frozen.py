@@ -74,3 +74,23 @@ def test_training_on_the_cache_matches_the_full_forward(tmp_path, gen):
         torch.testing.assert_close(p, params_f[name], rtol=1e-4, atol=1e-5)
         moved += ".layer.2." in name
     assert moved
+
+
+def test_pool_lr_moves_the_attention_query_at_its_own_rate(tmp_path, gen):
+    at, pt = _texts(3, 5), _texts(4, 8)
+    y = torch.rand(5, 8, generator=gen) * 2 - 1
+    moved = {}
+    for pool_lr in (None, 5e-2):
+        student = ic.Student.load(make_encoder(tmp_path / str(pool_lr), layers=2, seed=5), pooling="attention",
+                                  template="{prompt} {response}")
+        encoder_before = {n: p.detach().clone() for n, p in student.encoder.named_parameters()}
+        config = TrainConfig(steps=3, anchors_per_step=3, candidates_per_step=5, accumulation=1, lr=1e-4,
+                             warmup=0.0, train_layers=1, hard_fraction=0.0, pool_lr=pool_lr)
+        train(student, at, pt, y, config)
+        moved[pool_lr] = float(student.pool_query.detach().abs().max())
+        top = max(float((p.detach() - encoder_before[n]).abs().max()) for n, p in student.encoder.named_parameters())
+        assert 0 < top < 1e-3  # the encoder stays at its own lr either way
+    # Adam moves each entry by about lr per step (3 steps, linear decay after no warm-up)
+    assert 0 < moved[None] <= 3e-4 + 1e-6 and 2e-2 <= moved[5e-2] <= 1.5e-1 + 1e-6, moved
+    with pytest.raises(ValueError, match="pool_lr"):
+        train(student, at, pt, y, TrainConfig(pool_lr=0.0))
