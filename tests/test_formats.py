@@ -35,17 +35,17 @@ def test_ops_store_and_kernels_use_the_table():
 
 
 def test_cpp_format_enum_agrees():
-    """csrc/cpu: ``enum class Fmt`` (score_rows.h) order is the code; ``parse_fmt`` (score.cpp)
+    """csrc/cpu: ``enum class Fmt`` (score_rows.h) order is the code; ``parse_fmt`` (score_rows.h)
     maps names to it. Exactly one enum exists in the C++ sources."""
     cpu = ROOT / "csrc" / "cpu"
     enums = [m for f in sorted(cpu.glob("*.[ch]*")) for m in re.findall(r"enum class Fmt\s*\{([^}]*)\}", f.read_text())]
     assert len(enums) == 1, f"expected one `enum class Fmt` in csrc/cpu, found {len(enums)}"
     enum = enums[0]
-    src = (cpu / "score.cpp").read_text()
+    src = (cpu / "score_rows.h").read_text()
     members = [m.split("=")[0].strip() for m in enum.split(",") if m.strip()]
     explicit = [int(m.split("=")[1]) for m in enum.split(",") if "=" in m]
     codes = explicit if explicit else list(range(len(members)))
     code_of_member = dict(zip(members, codes))
-    parsed = dict(re.findall(r'if \(f == "(\w+)"\) return Fmt::(\w+);', src))
+    parsed = dict(re.findall(r'if \(f == "(\w+)"\) return \*out = Fmt::(\w+), true;', src))
     assert set(parsed) == set(formats.FORMATS)
     assert {name: code_of_member[m] for name, m in parsed.items()} == formats.FMT_CODE

@@ -18,13 +18,9 @@ namespace {
 constexpr int64_t kGrainBytes = 1 << 16;  // stored bytes per parallel task
 
 Fmt dequantize_fmt(const std::string& f) {
-  if (f == "fp32") return Fmt::fp32;
-  if (f == "bf16") return Fmt::bf16;
-  if (f == "fp16") return Fmt::fp16;
-  if (f == "int8") return Fmt::int8;
-  if (f == "fp8_e4m3") return Fmt::fp8;
-  if (f == "int4") return Fmt::int4;
-  TORCH_CHECK(false, "dequantize: unknown row format ", f);
+  Fmt fmt;
+  TORCH_CHECK(fasttda_cpu::parse_fmt(f, &fmt), "dequantize: unknown row format ", f);
+  return fmt;
 }
 
 template <Fmt F>

@@ -40,13 +40,9 @@ constexpr int64_t kDotBlockRows = 256;   // rows per block on the dot path
 constexpr int64_t kGemmBlockBytes = 1 << 20;  // float32 rows per block on the sgemm path: about an L2
 
 Fmt parse_fmt(const std::string& f) {
-  if (f == "fp32") return Fmt::fp32;
-  if (f == "bf16") return Fmt::bf16;
-  if (f == "fp16") return Fmt::fp16;
-  if (f == "int8") return Fmt::int8;
-  if (f == "fp8_e4m3") return Fmt::fp8;
-  if (f == "int4") return Fmt::int4;
-  TORCH_CHECK(false, "unknown row format ", f);
+  Fmt fmt;
+  TORCH_CHECK(fasttda_cpu::parse_fmt(f, &fmt), "score: unknown row format ", f);
+  return fmt;
 }
 
 struct Store {

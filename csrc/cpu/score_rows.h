@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #if defined(__AVX__) || defined(__AVX512F__) || defined(__F16C__) || defined(__FMA__)
 #include <immintrin.h>
@@ -30,6 +31,17 @@ namespace fasttda_cpu {
 
 // Order = the codes of python/fasttda/formats.py (tests/test_formats.py checks it).
 enum class Fmt { fp32, bf16, fp16, int8, fp8, int4 };
+
+// A store format's name (fasttda.formats.FORMATS) to its Fmt; false for any other name.
+inline bool parse_fmt(const std::string& f, Fmt* out) {
+  if (f == "fp32") return *out = Fmt::fp32, true;
+  if (f == "bf16") return *out = Fmt::bf16, true;
+  if (f == "fp16") return *out = Fmt::fp16, true;
+  if (f == "int8") return *out = Fmt::int8, true;
+  if (f == "fp8_e4m3") return *out = Fmt::fp8, true;
+  if (f == "int4") return *out = Fmt::int4, true;
+  return false;
+}
 
 #if defined(__AVX512F__)
 constexpr int W = 16;
