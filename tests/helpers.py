@@ -95,3 +95,23 @@ def assert_same_ranking(a, b, tol):
     padded = torch.cat([torch.full_like(va[:, :1], 4 * big), va, va[:, -1:]], dim=1)
     clear = ((padded[:, :-2] - padded[:, 1:-1]) > 4 * tol) & ((padded[:, 1:-1] - padded[:, 2:]) > 4 * tol)
     assert (ia[clear] == ib[clear]).all(), "ids differ where the scores do not tie"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((l for l in f if l.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.split(":", 1)[-1].split())
+
+
+def cxx_or_skip() -> str:
+    """The C++ compiler's path, or skip the test."""
+    import shutil
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler")
+    return cxx

@@ -8,10 +8,11 @@ tests/ops/test_score_rows_isa.py covers score_rows.h alone at every width, in se
 """
 from __future__ import annotations
 
-import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from helpers import cpu_flags, cxx_or_skip
 
 from fasttda.ops import _counter_hash as ch
 from fasttda.ops.project import projection_matrix
@@ -20,23 +21,11 @@ from fasttda.ops.quantize import FORMATS, dequantize, quantize
 pytestmark = pytest.mark.slow
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((l for l in f if l.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.split(":", 1)[-1].split())
-
-
 @pytest.fixture(scope="module")
 def avx2(tmp_path_factory):
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        pytest.skip("no C++ compiler")
-    if not {"avx2", "fma", "f16c"} <= _cpu_flags():
+    cxx_or_skip()
+    if not {"avx2", "fma", "f16c"} <= cpu_flags():
         pytest.skip("this CPU cannot run AVX2/FMA/F16C code")
-    from pathlib import Path
-
     from torch.utils import cpp_extension
 
     import fasttda._extension as ext

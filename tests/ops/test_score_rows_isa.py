@@ -8,23 +8,14 @@ builds run on this machine because its CPU is a superset of each target.
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import cpu_flags, cxx_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "tests" / "csrc" / "score_rows_check.cpp"
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
-    return set(line.split(":", 1)[-1].split())
 
 
 # march, the flag this CPU needs to run it, the vector width the header must pick
@@ -33,10 +24,8 @@ TARGETS = [("x86-64", None, 4), ("haswell", "avx2", 8), ("skylake-avx512", "avx5
 
 @pytest.mark.parametrize("march,needs,width", TARGETS)
 def test_score_rows_every_width(tmp_path, march, needs, width):
-    cxx = shutil.which("g++") or shutil.which("c++")
-    if cxx is None:
-        pytest.skip("no C++ compiler")
-    flags = _cpu_flags()
+    cxx = cxx_or_skip()
+    flags = cpu_flags()
     if "sse2" not in flags:
         pytest.skip("not an x86-64 CPU")
     if needs and needs not in flags:
