@@ -116,11 +116,11 @@ def _teacher_model(config: DemoConfig, out: Path, progress: bool, log):
 
 
 def split(examples, config: DemoConfig):
+    """Training anchors, held-out anchors, training pool, held-out pool, and the larger
+    held-out pool (its last rows are the held-out pool; empty without ``n_pool_large``)."""
     order = list(range(len(examples)))
     random.Random(config.seed).shuffle(order)
     ex = [examples[i] for i in order]
-    """Training anchors, held-out anchors, training pool, held-out pool, and the larger
-    held-out pool (its last rows are the held-out pool; empty without ``n_pool_large``)."""
     a, b = config.n_anchors_train, config.n_anchors_train + config.n_anchors_eval
     rest = ex[b:]
     held = max(config.n_pool_eval, config.n_pool_large)
