@@ -125,3 +125,20 @@ def test_default_encoder_loads_offline_from_its_package(monkeypatch):
         e = student.embed(["a festival drew visitors .", "a factory will close ."])
     torch.testing.assert_close(e.norm(dim=1), torch.ones(2), rtol=1e-5, atol=1e-6)
     assert float(e[0] @ e[1]) < 0.999
+
+
+def test_block_sampler_never_pairs_an_anchor_with_its_own_text(gen):
+    from fasttda.methods.influcoder.train import BlockSampler, TrainConfig
+
+    # 9 pool texts, 7 anchors of which 4 are pool texts (a pool × pool block), Y = 1 on those pairs
+    same = torch.tensor([-1, 3, -1, 0, 8, -1, 5])
+    y = torch.rand(7, 9, generator=gen) * 1.6 - 0.8
+    own = same >= 0
+    y[torch.nonzero(own).flatten(), same[own]] = 1.0
+    sampler = BlockSampler(y, TrainConfig(anchors_per_step=3, candidates_per_step=6, hard_fraction=0.5, hard_top=3,
+                                          seed=int(torch.randint(0, 1000, (1,), generator=gen))), same)
+    assert not any(bool((sampler.top[a] == same[a]).any()) for a in range(7) if same[a] >= 0)
+    for _ in range(200):
+        anchors, cand = sampler.sample()
+        assert len(set(cand.tolist())) == len(cand) == 6  # 3 anchors exclude at most 3 of the 9
+        assert not set(cand.tolist()) & {j for j in same[anchors].tolist() if j >= 0}

@@ -158,6 +158,7 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
 @click.option("--seed", default=0, show_default=True, type=int, help="The seed of every random choice.")
 @click.option("--quick", is_flag=True, help="A small configuration that runs in about 2 minutes (for CI).")
 @click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [300; quick 20].")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Student learning rate [5e-4; quick 2e-4].")
 @click.option("--encoder", default=None, help="Student encoder directory [all-MiniLM-L6-v2].")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default=None, help="Pooling [mean].")
 @click.option("--pool-lr", type=click.FloatRange(min=0, min_open=True),
@@ -165,7 +166,7 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [2].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_errors
-def demo_cmd(out, seed, quick, steps, encoder, pooling, pool_lr, threads, progress):
+def demo_cmd(out, seed, quick, steps, lr, encoder, pooling, pool_lr, threads, progress):
     """Teacher → train → eval → two-stage on the embedded setting, offline, on CPU."""
     import dataclasses
     from pathlib import Path
@@ -177,6 +178,8 @@ def demo_cmd(out, seed, quick, steps, encoder, pooling, pool_lr, threads, progre
     config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
     if steps:
         config.train = dataclasses.replace(config.train, steps=steps)
+    if lr:
+        config.train = dataclasses.replace(config.train, lr=lr)
     if pool_lr:
         config.train = dataclasses.replace(config.train, pool_lr=pool_lr)
     if (Path(out) / "report.json").exists():

@@ -75,13 +75,23 @@ def linear_schedule(optimizer, total: int, warmup: int):
 
 
 class BlockSampler:
-    """Anchor rows and candidate columns of Y for one micro-step."""
+    """Anchor rows and candidate columns of Y for one micro-step.
 
-    def __init__(self, y: torch.Tensor, config: TrainConfig):
+    ``same[a]`` is the pool column holding anchor ``a``'s own text (-1: none). Such a pair
+    says nothing (both similarities are 1), so a block never has an anchor's own text among
+    its candidates: with the pool texts also used as anchors, the teacher's pool × pool
+    cosines become training rows without their diagonal.
+    """
+
+    def __init__(self, y: torch.Tensor, config: TrainConfig, same: torch.Tensor | None = None):
         self.y, self.config = y, config
+        self.same = torch.full((y.shape[0],), -1, dtype=torch.long) if same is None else same
         self.gen = torch.Generator().manual_seed(config.seed)
-        top = min(config.hard_top, y.shape[1])
-        self.top = torch.topk(y, top, dim=1).indices
+        top = min(config.hard_top, y.shape[1] - 1)
+        masked = y.clone()
+        own = torch.nonzero(self.same >= 0).flatten()
+        masked[own, self.same[own]] = float("-inf")
+        self.top = torch.topk(masked, max(1, top), dim=1).indices
 
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
         c, (n_a, n_p) = self.config, self.y.shape
@@ -90,11 +100,13 @@ class BlockSampler:
         n_hard = int(round(c.hard_fraction * m))
         picks = torch.randint(0, self.top.shape[1], (n_hard,), generator=self.gen)
         hard = self.top[anchors[torch.arange(n_hard) % len(anchors)], picks]
-        chosen = list(dict.fromkeys(hard.tolist()))
+        own = {j for j in self.same[anchors].tolist() if j >= 0}
+        chosen = [j for j in dict.fromkeys(hard.tolist()) if j not in own]
+        m = min(m, n_p - len(own))
         for j in torch.randperm(n_p, generator=self.gen).tolist():
             if len(chosen) >= m:
                 break
-            if j not in chosen:
+            if j not in chosen and j not in own:
                 chosen.append(j)
         return anchors, torch.tensor(chosen[:m])
 
@@ -132,7 +144,9 @@ def train(student, anchor_texts: Sequence[str], pool_texts: Sequence[str], y: to
                          f"{len(pool_texts)} pool texts")
     config.check(len(anchor_texts), len(pool_texts))
     torch.manual_seed(config.seed)
-    sampler = BlockSampler(y.to(torch.float32), config)
+    column = {t: j for j, t in enumerate(pool_texts)}
+    same = torch.tensor([column.get(t, -1) for t in anchor_texts], dtype=torch.long)
+    sampler = BlockSampler(y.to(torch.float32), config, same)
     if config.freeze_embeddings:
         student.encoder.get_input_embeddings().requires_grad_(False)
     if config.train_layers is not None:
