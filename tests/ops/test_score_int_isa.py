@@ -8,14 +8,12 @@ CPU is a superset of each target.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import cpu_flags, cxx_or_skip
+from helpers import run_isa_harness
 
-ROOT = Path(__file__).resolve().parents[2]
-HARNESS = ROOT / "tests" / "csrc" / "score_int_check.cpp"
+HARNESS = Path(__file__).resolve().parents[1] / "csrc" / "score_int_check.cpp"
 
 # flags, the CPU flag needed to run the build, the bytes per vector step the header must pick, its int8 bias
 TARGETS = [
@@ -28,16 +26,6 @@ TARGETS = [
 
 @pytest.mark.parametrize("flags,needs,width,bias", TARGETS, ids=["sse2", "avx2", "avx-vnni", "avx512-vnni"])
 def test_score_int_every_isa(tmp_path, flags, needs, width, bias):
-    cxx = cxx_or_skip()
-    have = cpu_flags()
-    if "sse2" not in have:
-        pytest.skip("not an x86-64 CPU")
-    if needs and needs not in have:
-        pytest.skip(f"this CPU cannot run {' '.join(flags)} code (no {needs})")
-    exe = tmp_path / "check"
-    subprocess.run([cxx, "-O2", *flags, "-std=c++17", "-I", str(ROOT / "csrc" / "cpu"), str(HARNESS), "-o", str(exe)],
-                   check=True, capture_output=True, text=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert f"kIntBytes={width} bias={bias}\n" in result.stdout
-    assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:]
-    assert result.stdout.count("mismatches 0") == 6 * 6 * 2 + 2
+    out = run_isa_harness(tmp_path, HARNESS, flags, needs)
+    assert f"kIntBytes={width} bias={bias}\n" in out
+    assert out.count("mismatches 0") == 6 * 6 * 2 + 2
