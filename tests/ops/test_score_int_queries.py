@@ -132,6 +132,12 @@ def test_bad_arguments_name_the_problem(gen):
     bad[1, 3] = float("nan")
     with pytest.raises(ValueError, match="queries has non-finite values in rows"):
         score_topk(bad, data, k=3, scales=scale, query_precision="int8")
+    from fasttda.ops.score import score_topk_deferred
+
+    for value in (float("nan"), float("inf")):  # deferred checks: the kernels still get valid int8 queries
+        bad[1, 3] = value
+        *_, ok = score_topk_deferred(bad, data, k=3, scales=scale, query_precision="int8")
+        assert not bool(ok)
 
 
 def test_feature_store_scores_with_integer_queries(gen, tmp_path):

@@ -298,7 +298,9 @@ def quantize_queries(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale 0 and q8 = 0."""
     scale = q.abs().amax(dim=1) / 127.0
     divisor = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.float64)
-    q8 = torch.round(q.to(torch.float64) / divisor[:, None]).clamp_(-127, 127).to(torch.int8)
+    q8 = torch.round(q.to(torch.float64) / divisor[:, None])
+    # NaN/inf rows (the deferred checks report them later) must not reach a kernel as -128
+    q8 = q8.nan_to_num_(nan=0.0, posinf=127.0, neginf=-127.0).clamp_(-127, 127).to(torch.int8)
     return q8, scale
 
 
