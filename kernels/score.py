@@ -205,7 +205,13 @@ def _dense(queries, rows, factors, fmts, out, n_lo, n_hi):
     _launch(queries, rows, factors, fmts, out, n_lo, n_hi, 0, plan)
 
 
+def _float_queries(queries):
+    """int8 queries (integer mode) as float32: the same integers, summed exactly while |sums| < 2^24."""
+    return [q.to(torch.float32) if q.dtype == torch.int8 else q for q in queries]
+
+
 def launch_score_topk(queries, rows, factors, fmts, k):
+    queries = _float_queries(queries)
     n_q, n_rows = queries[0].shape[0], rows[0].shape[0]
     dim = max(q.shape[1] for q in queries)
     device = queries[0].device
@@ -227,6 +233,7 @@ def launch_score_topk(queries, rows, factors, fmts, k):
 
 
 def launch_score_dense(queries, rows, factors, fmts, out):
+    queries = _float_queries(queries)
     if out.stride(1) != 1:
         raise ValueError("backend='triton' writes rows of out contiguously; give out with stride(1) == 1")
     _dense(queries, rows, factors, fmts, out, 0, rows[0].shape[0])

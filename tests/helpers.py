@@ -107,6 +107,27 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[-1].split())
 
 
+def run_isa_harness(tmp_path, harness, flags: list[str], needs: str | None) -> str:
+    """Build a C++ harness of csrc/cpu's headers for one instruction set and run it: its
+    standard output. Skips without a compiler, off x86-64, or where this CPU lacks ``needs``."""
+    import subprocess
+    from pathlib import Path
+
+    cxx = cxx_or_skip()
+    have = cpu_flags()
+    if "sse2" not in have:
+        pytest.skip("not an x86-64 CPU")
+    if needs and needs not in have:
+        pytest.skip(f"this CPU cannot run {' '.join(flags)} code (no {needs})")
+    exe = tmp_path / "check"
+    include = Path(__file__).resolve().parents[1] / "csrc" / "cpu"
+    subprocess.run([cxx, "-O2", *flags, "-std=c++17", "-I", str(include), str(harness), "-o", str(exe)],
+                   check=True, capture_output=True, text=True)
+    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:]
+    return result.stdout
+
+
 def cxx_or_skip() -> str:
     """The C++ compiler's path, or skip the test."""
     import shutil

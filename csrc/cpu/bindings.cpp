@@ -14,6 +14,7 @@ at::Tensor score_dense_cpu(const std::vector<at::Tensor>& queries, const std::ve
 at::Tensor dequantize_cpu(const at::Tensor& data, const c10::optional<at::Tensor>& scale, const std::string& fmt,
                           int64_t dim, const c10::optional<at::Tensor>& out);
 std::tuple<at::Tensor, bool> cast_checked_cpu(const at::Tensor& x, const std::string& fmt);
+std::tuple<at::Tensor, at::Tensor, bool> quantize_scaled_cpu(const at::Tensor& x, const std::string& fmt);
 at::Tensor project_cpu(const at::Tensor& x, int64_t out_dim, const std::string& kind, int64_t k_row, int64_t k_col,
                        int64_t offset, int64_t s);
 at::Tensor projection_matrix_cpu(int64_t in_dim, int64_t out_dim, const std::string& kind, int64_t k_row,
@@ -35,4 +36,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Stored rows to float32 with per-row scales, into out when given (see fasttda.ops.quantize.dequantize)");
   m.def("cast_checked", &cast_checked_cpu,
         "(x cast to bf16/fp16, ok): the range check fused into the cast (see fasttda.ops.quantize)");
+  m.def("quantize_scaled", &quantize_scaled_cpu,
+        "(data, scale, ok) of float32 rows in int8 / int4 / fp8_e4m3, one pass per row (see fasttda.ops.quantize)");
 }

@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "score_int.h"
 #include "score_rows.h"
 
 using fasttda_cpu::Fmt;
@@ -48,6 +49,9 @@ Fmt parse_fmt(const std::string& f) {
 struct Store {
   Fmt fmt;
   at::Tensor rows, query, permuted;  // query: float32 [Q, d] contiguous; permuted: in Row<fmt>'s lane order
+  bool int_query = false;  // int8 queries (int8 / int4 rows): exact integer dot products, score_int.h
+  at::Tensor int_permuted;  // int8 [Q, d] in permute_int's order
+  std::vector<int64_t> int_bias;  // per query, permute_int's correction
   const uint8_t* base;
   int64_t stride;  // bytes between rows
   int64_t dim;
@@ -59,6 +63,20 @@ template <Fmt F>
 void permute_all(const at::Tensor& q, at::Tensor& out) {
   for (int64_t i = 0; i < q.size(0); ++i)
     fasttda_cpu::permute<F>(q.data_ptr<float>() + i * q.size(1), q.size(1), out.data_ptr<float>() + i * q.size(1));
+}
+
+// An int8 query tensor into s.int_permuted / s.int_bias (score_int.h's order).
+void permute_int_all(const at::Tensor& queries, Store& s) {
+  const at::Tensor q = queries.contiguous();
+  const int64_t nq = q.size(0), d = q.size(1);
+  s.int_permuted = at::empty({nq, d}, at::kChar);
+  s.int_bias.resize(nq);
+  for (int64_t i = 0; i < nq; ++i) {
+    const int8_t* src = q.data_ptr<int8_t>() + i * d;
+    int8_t* dst = s.int_permuted.data_ptr<int8_t>() + i * d;
+    s.int_bias[i] = s.fmt == Fmt::int4 ? fasttda_cpu::permute_int<Fmt::int4>(src, d, dst)
+                                       : fasttda_cpu::permute_int<Fmt::int8>(src, d, dst);
+  }
 }
 
 struct Terms {
@@ -80,6 +98,13 @@ Terms make_terms(const std::vector<at::Tensor>& queries, const std::vector<at::T
     Store s;
     s.fmt = parse_fmt(fmts[c]);
     s.rows = rows[c];
+    s.int_query = queries[c].scalar_type() == at::kChar;
+    if (s.int_query) {
+      TORCH_CHECK(s.fmt == Fmt::int8 || s.fmt == Fmt::int4, "score: int8 queries need int8 or int4 rows, got ",
+                  fmts[c]);
+      TORCH_CHECK(queries[c].numel() == 0 || queries[c].min().item<int8_t>() > -128,
+                  "score: int8 queries must lie in [-127, 127]");
+    }
     s.query = queries[c].to(at::kFloat).contiguous();
     s.dim = s.query.size(1);
     const int64_t width = s.fmt == Fmt::int4 ? (s.dim + 1) / 2 : s.dim;
@@ -96,9 +121,14 @@ Terms make_terms(const std::vector<at::Tensor>& queries, const std::vector<at::T
     t.stores.push_back(std::move(s));
   }
   t.dot = t.n_queries <= kDotMaxQueries;
+  for (const Store& s : t.stores) t.dot = t.dot || s.int_query;  // integer queries: always the exact dot path
   t.block = t.dot ? kDotBlockRows : std::max<int64_t>(16, kGemmBlockBytes / (4 * std::max<int64_t>(t.max_dim, 1)));
   if (t.dot) {
     for (Store& s : t.stores) {
+      if (s.int_query) {
+        permute_int_all(queries[&s - t.stores.data()], s);
+        continue;
+      }
       s.permuted = at::empty_like(s.query);
       switch (s.fmt) {
         case Fmt::int4: permute_all<Fmt::int4>(s.query, s.permuted); break;
@@ -111,6 +141,13 @@ Terms make_terms(const std::vector<at::Tensor>& queries, const std::vector<at::T
 
 template <Fmt F>
 void dot_block(const Store& s, int64_t r0, int64_t n, int64_t nq, float* out, int64_t ldo) {
+  if constexpr (F == Fmt::int8 || F == Fmt::int4) {
+    if (s.int_query) {
+      fasttda_cpu::int_dot_rows<F>(s.base + r0 * s.stride, s.stride, n, s.int_permuted.data_ptr<int8_t>(),
+                                   s.int_bias.data(), nq, s.dim, s.dim, out, ldo);
+      return;
+    }
+  }
   fasttda_cpu::dot_rows<F>(s.base + r0 * s.stride, s.stride, n, s.permuted.data_ptr<float>(), nq, s.dim, s.dim,
                            out, ldo);
 }

@@ -41,7 +41,7 @@ class TopK(NamedTuple):
 
 
 def score(queries, stores, *, k: int, weights=None, normalize: bool = False, preconditioner=None,
-          chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
+          query_precision: str = "fp32", chunk_rows: int = DEFAULT_CHUNK_ROWS, device=None, backend: str | None = "auto",
           distributed: bool | None = None, split: str = "auto", group=None, on_chunk=None) -> TopK:
     """Global top-k of ``queries`` against every row of ``stores``.
 
@@ -54,6 +54,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         normalize: cosine per store, with the stored fp32 row norms.
         preconditioner: applied to the queries once: a `fasttda.precondition.Preconditioner`,
             a ``[d, d]`` H⁻¹, a ``[d]`` diagonal, or a list of those (None entries allowed), one per store.
+        query_precision: ``"fp32"``, or ``"int8"`` for one int8/int4 store: queries rounded
+            to int8 per query, exact integer dot products (`fasttda.ops.score_topk`).
         chunk_rows: rows read per chunk (memory: about ``chunk_rows × row bytes`` per store).
         device: where scoring runs (default: the queries' device). With ``"cuda"`` and stores
             on disk, chunks are prefetched to the GPU while the previous one is scored.
@@ -76,7 +78,7 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
 
         return distributed_score(queries, stores, k=k, weights=weights, normalize=normalize,
                                  preconditioner=preconditioner, chunk_rows=chunk_rows, device=device,
-                                 backend=backend, split=split, group=group)
+                                 backend=backend, split=split, group=group, query_precision=query_precision)
     multi = isinstance(stores, (list, tuple))
     store_list = list(stores) if multi else [stores]
     if isinstance(queries, (list, tuple)) != multi:
@@ -102,7 +104,8 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
     ok = None
     for group in chunks:
         values, local, chunk_ok = score_topk_deferred(query_list if multi else query_list[0], **_chunk_args(
-            group, multi, k=k, weights=weights, normalize=normalize, backend=backend))
+            group, multi, k=k, weights=weights, normalize=normalize, query_precision=query_precision,
+            backend=backend))
         ok = chunk_ok if ok is None else ok & chunk_ok  # combined on the device: no host sync per chunk
         merger.add(values, local + group[0].start, group[0])
         if on_chunk is not None:
@@ -111,7 +114,7 @@ def score(queries, stores, *, k: int, weights=None, normalize: bool = False, pre
         for group in _aligned_chunks(store_list, chunk_rows):
             qs = [q.to(group[0].data.device) for q in query_list]  # the chunks as read: on the host for a GPU run
             score_topk(qs if multi else qs[0], **_chunk_args(group, multi, k=k, weights=weights, normalize=normalize,
-                                                                   backend=backend))
+                                                                   query_precision=query_precision, backend=backend))
         raise ValueError(NOT_FINITE)
     return merger.result(query_list[0].shape[0], device)
 

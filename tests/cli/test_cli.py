@@ -245,3 +245,24 @@ def test_query_contrast(files, tmp_path):
         assert all(abs(scores["contrast"][q][i] - diff[i]) <= 1e-4 * scale for i in diff)
     one_line_error(invoke("query", "--store", store, "--model", files["models"][-1], "--queries",
                           files["queries"], "--contrast"), "contrastive queries need a 'reference'")
+
+
+def test_query_with_int8_queries(files, tmp_path):
+    store = tmp_path / "store8"
+    result = invoke("index", "--model", files["models"][-1], "--data", files["data"], "--out", store,
+                    "--projection", "factored:4x4", "--format", "int8", "--quiet", "--max-length", 64)
+    assert result.exit_code == 0, result.output
+    args = ["query", "--store", store, "--model", files["models"][-1], "--queries", files["queries"], "--top-k", 4]
+    exact = [json.loads(line) for line in invoke(*args).stdout.splitlines()]
+    rounded = invoke(*args, "--query-precision", "int8")
+    assert rounded.exit_code == 0, rounded.output
+    rows = [json.loads(line) for line in rounded.stdout.splitlines()]
+    assert len(rows) == 3 and all(len(r["results"]) == 4 for r in rows)
+    for a, b in zip(exact, rows):  # the queries' rounding moves scores by about 1 %
+        for x, y in zip(a["results"], b["results"]):
+            assert abs(x["score"] - y["score"]) <= 0.05 * abs(a["results"][0]["score"])
+    fp32 = tmp_path / "store32"
+    assert index_store(files, fp32).exit_code == 0
+    bad = invoke("query", "--store", fp32, "--model", files["models"][-1], "--queries", files["queries"],
+                 "--query-precision", "int8")
+    assert bad.exit_code != 0 and "needs int8 or int4 rows" in bad.output

@@ -42,6 +42,7 @@ def score_setup(tmp_path_factory):
         "rows_big_k": {"kw": {"k": 500, "chunk_rows": 5, "split": "rows"}},
         "queries": {"kw": {"k": 15, "chunk_rows": 8, "split": "queries"}},
         "auto": {"kw": {"k": 7, "chunk_rows": 8}},
+        "int8_queries": {"store": 1, "kw": {"k": 9, "chunk_rows": 8, "split": "rows", "query_precision": "int8"}},
         "dda": {"multi": True, "kw": {"k": 12, "chunk_rows": 8, "split": "rows", "weights": [0.75, -0.5],
                                       "normalize": True}},
     }
@@ -51,5 +52,6 @@ def score_setup(tmp_path_factory):
         kw = dict(c["kw"], distributed=False)
         kw.pop("split", None)
         q0 = [torch.from_numpy(np.load(p)) for p in qpaths]
-        single[name] = fasttda.score(q0 if c.get("multi") else q0[0], stores if c.get("multi") else s1, **kw)
+        single[name] = fasttda.score(q0 if c.get("multi") else q0[0], stores if c.get("multi") else
+                                     stores[c.get("store", 0)], **kw)
     return tmp, [str(tmp / "s1"), str(tmp / "s2")], qpaths, calls, single

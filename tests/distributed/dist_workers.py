@@ -47,7 +47,8 @@ def score_scenario(rank, world, args, out):
     q = [torch.from_numpy(np.load(p)) for p in args["queries"]]
     for name, kw in args["calls"].items():
         single = not kw.get("multi")
-        result = fasttda.score(q[0] if single else q[: len(stores)], stores[0] if single else stores, **kw["kw"])
+        result = fasttda.score(q[0] if single else q[: len(stores)], stores[kw.get("store", 0)] if single else stores,
+                               **kw["kw"])
         _save(out, name, result)
     # a mismatched call is refused on every rank instead of hanging
     try:

@@ -78,3 +78,26 @@ def test_avx2_checked_cast(avx2, gen, fmt, dtype):
     assert ok and torch.equal(out.view(torch.int16), x.to(dtype).view(torch.int16))
     x[7, 130] = float("nan")  # in the scalar tail
     assert not avx2.cast_checked(x, fmt)[1]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", "fp8_e4m3"])
+def test_avx2_quantize_scaled(avx2, gen, fmt):
+    x = torch.randn(301, 131, generator=gen) * torch.logspace(-20, 20, 301)[:, None]
+    data, scale, ok = avx2.quantize_scaled(x, fmt)
+    ref_data, ref_scale = quantize(x, fmt, backend="reference")
+    assert ok and torch.equal(data.view(torch.uint8), ref_data.view(torch.uint8))
+    assert torch.equal(scale.view(torch.int32), ref_scale.view(torch.int32))
+    x[9, 130] = float("inf")
+    assert not avx2.quantize_scaled(x, fmt)[2]
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_avx2_integer_queries(avx2, gen, fmt):
+    """The vpmaddubsw path (AVX2 without VNNI): exact integer sums, bitwise."""
+    d = 131
+    data, scale = quantize(torch.randn(517, d, generator=gen), fmt, backend="reference")
+    ints = dequantize(data, torch.ones_like(scale), fmt, dim=d, backend="reference").double()
+    for nq in (1, 3, 8, 21):
+        q8 = torch.randint(-127, 128, (nq, d), generator=gen, dtype=torch.int8)
+        dense = avx2.score_dense([q8], [data], [scale], [fmt], torch.empty(nq, data.shape[0]))
+        assert torch.equal(dense, (q8.double() @ ints.T).float() * scale), (fmt, nq)

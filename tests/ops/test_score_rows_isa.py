@@ -8,14 +8,12 @@ builds run on this machine because its CPU is a superset of each target.
 """
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import cpu_flags, cxx_or_skip
+from helpers import run_isa_harness
 
-ROOT = Path(__file__).resolve().parents[2]
-HARNESS = ROOT / "tests" / "csrc" / "score_rows_check.cpp"
+HARNESS = Path(__file__).resolve().parents[1] / "csrc" / "score_rows_check.cpp"
 
 
 # march, the flag this CPU needs to run it, the vector width the header must pick
@@ -24,16 +22,6 @@ TARGETS = [("x86-64", None, 4), ("haswell", "avx2", 8), ("skylake-avx512", "avx5
 
 @pytest.mark.parametrize("march,needs,width", TARGETS)
 def test_score_rows_every_width(tmp_path, march, needs, width):
-    cxx = cxx_or_skip()
-    flags = cpu_flags()
-    if "sse2" not in flags:
-        pytest.skip("not an x86-64 CPU")
-    if needs and needs not in flags:
-        pytest.skip(f"this CPU cannot run {march} code (no {needs})")
-    exe = tmp_path / f"check_{march}"
-    subprocess.run([cxx, "-O2", f"-march={march}", "-std=c++17", "-I", str(ROOT / "csrc" / "cpu"), str(HARNESS),
-                    "-o", str(exe)], check=True, capture_output=True, text=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert f"W={width}\n" in result.stdout
-    assert result.returncode == 0 and "ALL OK" in result.stdout, result.stdout[-2000:]
-    assert result.stdout.count("worst/bound") == 5 * 6 * 6
+    out = run_isa_harness(tmp_path, HARNESS, [f"-march={march}"], needs)
+    assert f"W={width}\n" in out
+    assert out.count("worst/bound") == 5 * 6 * 6

@@ -38,6 +38,9 @@ def prefilter_options(fn):
 @similarity_option
 @click.option("--precondition", is_flag=True, help="Precondition with (GᵀG/N + λI)⁻¹ fitted on each store.")
 @click.option("--damping", default=1e-3, show_default=True, type=float, help="λ for --precondition.")
+@click.option("--query-precision", default="fp32", show_default=True, type=click.Choice(["fp32", "int8"]),
+              help="int8: round each query to int8 (its own scale) and score with exact integer dot products: "
+                   "faster on CPU, for one int8 or int4 --store.")
 @click.option("--contrast/--no-contrast", default=None,
               help="Contrastive queries: g(response) − g(reference), from each query's 'reference' field (the "
                    "correct output; its loss on the 'reference_target' span when given, else the whole "
@@ -52,7 +55,7 @@ def prefilter_options(fn):
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @one_line_errors
 def query(stores, weights, models, queries_path, top_k, out, data_path, normalize, precondition, damping,
-          contrast, projection, prefilter, candidates, batch_size, max_length, device, target_field, with_text,
+          query_precision, contrast, projection, prefilter, candidates, batch_size, max_length, device, target_field, with_text,
           with_html, quiet, **kwargs):
     """Score queries against one or more stores; top-k per query."""
     from fasttda import distributed, pipeline
@@ -65,6 +68,8 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
     weights = one_weight_per(weights, "--store", stores)
     if prefilter is not None and (len(stores) != 1 or precondition or not prefilter.startswith("influcoder:")):
         raise click.UsageError("--prefilter takes influcoder:STORE, with one --store and no --precondition")
+    if query_precision != "fp32" and (len(stores) != 1 or prefilter is not None):
+        raise click.UsageError("--query-precision int8 scores one --store, without --prefilter")
     if len(models) not in (1, len(stores)):
         raise click.UsageError(f"give --model once or once per --store ({len(stores)}), got {len(models)}")
     weights = weights or [1.0] * len(stores)
@@ -99,7 +104,8 @@ def query(stores, weights, models, queries_path, top_k, out, data_path, normaliz
     else:
         pre = [pipeline.fit_preconditioner(s, damping) for s in opened] if precondition else None
         values, indices = pipeline.score_stores(feats, opened, weights, k=top_k, normalize=normalize,
-                                                preconditioners=pre, progress=not quiet)
+                                                preconditioners=pre, query_precision=query_precision,
+                                                progress=not quiet)
     result = pipeline.Attribution.of_store([q.id for q in queries], values, indices, opened[0])
     if rank != 0:  # every rank holds the same result; rank 0 writes it
         return

@@ -24,7 +24,10 @@ division, not a multiply by ``1 / scale``: the inverse of a subnormal scale, i.e
 with absmax below ~1e-36, overflows to inf). A row so small that its scale underflows to
 0 (absmax below ~1e-43) is stored as zeros with scale 0. int8/int4 round half to even.
 
-The Triton form (``kernels/quantize.py``) is bitwise equal to this reference.
+The Triton form (``kernels/quantize.py``) is bitwise equal to this reference, and so are
+the C++ CPU kernels that `quantize` takes first for float32 CPU rows (``backend="auto"`` or
+``"cpp"``): csrc/cpu/quantize.cpp (bf16/fp16, the range check fused into the cast) and
+csrc/cpu/quantize_scaled.cpp (int8/int4/fp8_e4m3, one pass per row).
 """
 from __future__ import annotations
 
@@ -55,11 +58,11 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
         raise ValueError(f"x must be a 2-D tensor [N, d], got {getattr(x, 'shape', type(x).__name__)}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating tensor, got {x.dtype}")
-    fused = _cast_checked(x, fmt, backend)
+    fused = _fused_cpu(x, fmt, backend)
     if fused is not None:
-        data, ok = fused
+        data, scale, ok = fused
         if ok:
-            return data, None
+            return data, scale
     if x.numel() and not bool(_values_ok(x, fmt)):  # one reduction, one host sync; then look closer
         bad = nonfinite_rows(x)
         if bad.numel():
@@ -70,23 +73,31 @@ def quantize(x: torch.Tensor, fmt: str, *, backend: str | None = "auto"):
     return _library.call("quantize", x, fmt, backend or "auto")
 
 
-def _cast_checked(x: torch.Tensor, fmt: str, backend):
-    """``(data, ok)`` from the C++ kernel that casts float32 CPU rows to bf16/fp16 and checks
-    their range in the same pass (csrc/cpu/quantize.cpp; bitwise equal to ``x.to(dtype)``),
-    or None when this call goes another way: another format, dtype or device, an explicit
-    non-C++ backend, a traced call (the custom op), or ``auto`` without the extension."""
-    if fmt not in ("bf16", "fp16") or x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
+def _fused_cpu(x: torch.Tensor, fmt: str, backend):
+    """``(data, scale, ok)`` from the C++ kernels that check float32 CPU rows while they
+    quantize them: bf16/fp16 casts with their range check (csrc/cpu/quantize.cpp; bitwise
+    ``x.to(dtype)``), int8/int4/fp8_e4m3 one row at a time (csrc/cpu/quantize_scaled.cpp;
+    bitwise the reference); or None when this call goes another way: fp32, another dtype or
+    device, an explicit non-C++ backend, a traced call (the custom op), or ``auto`` without
+    the extension."""
+    if fmt == "fp32" or x.dtype != torch.float32 or x.device.type != "cpu" or not x.numel():
         return None
     requested = _requested(backend)
     if requested not in ("auto", "cpp") or torch.compiler.is_compiling():
         return None
+    op = QUANTIZE_SCALED if fmt in SCALED_QMAX else CAST_CHECKED
     try:
-        name, impl = CAST_CHECKED.resolve(requested, x.device)
+        name, impl = op.resolve(requested, x.device)
     except BackendUnavailable:
         if requested == "cpp":
             raise
         return None
-    return impl(x, fmt) if name == "cpp" else None
+    if name != "cpp":
+        return None
+    if fmt in SCALED_QMAX:
+        return impl(x, fmt)
+    data, ok = impl(x, fmt)
+    return data, None, ok
 
 
 def _values_ok(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -165,7 +176,8 @@ def quantize_reference(x, fmt):
     x = x.to(torch.float32)
     qmax = SCALED_QMAX[fmt]
     low, high = torch.aminmax(x, dim=1)
-    scale = torch.maximum(high, -low) / qmax  # = x.abs().amax(1) / qmax, without an |x| copy
+    # = x.abs().amax(1) / qmax without an |x| copy; abs_: +0.0 for an all-zero row, as in the kernels
+    scale = torch.maximum(high, -low).abs_() / qmax
     y = x / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
     if fmt == "fp8_e4m3":
         return y.clamp_(-qmax, qmax).to(FP8).contiguous(), scale
@@ -196,8 +208,15 @@ def cast_checked_reference(x, fmt):
     return x.to(FLOAT_FORMATS[fmt]), bool(_values_ok(x, fmt))
 
 
-# The fused bf16/fp16 cast of float32 CPU rows; `quantize` asks it first (see `_cast_checked`).
+def quantize_scaled_reference(x, fmt):
+    ok = bool(_values_ok(x, fmt))
+    data, scale = quantize_reference(x, fmt) if ok else (None, None)
+    return data, scale, ok
+
+
+# The fused quantizers of float32 CPU rows; `quantize` asks them first (see `_fused_cpu`).
 CAST_CHECKED = Op("cast_checked", reference=cast_checked_reference, cpp="cast_checked")
+QUANTIZE_SCALED = Op("quantize_scaled", reference=quantize_scaled_reference, cpp="quantize_scaled")
 QUANTIZE = Op("quantize", reference=quantize_reference, triton="fasttda.kernels.quantize:launch_quantize")
 DEQUANTIZE = Op("dequantize", reference=dequantize_reference, triton="fasttda.kernels.quantize:launch_dequantize",
                 cpp="dequantize")

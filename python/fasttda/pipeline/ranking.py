@@ -17,11 +17,12 @@ from fasttda.store import FeatureStore
 
 
 def score_stores(query_feats: Sequence[torch.Tensor], stores: Sequence[FeatureStore], weights: Sequence[float], *,
-                 k: int, normalize: bool = False, preconditioners=None,
+                 k: int, normalize: bool = False, preconditioners=None, query_precision: str = "fp32",
                  progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One weighted pass over stores that index one data set (one per checkpoint, say):
     top-k of ``Σ_c w_c·<q_c, r_c[n]>`` (per-store cosine when ``normalize``), with k capped
-    at the row count; returns ``(values [Q, k], row indices [Q, k])``."""
+    at the row count; returns ``(values [Q, k], row indices [Q, k])``. ``query_precision``:
+    see `fasttda.score` (``"int8"``: one int8/int4 store, integer queries)."""
     if not (len(query_feats) == len(stores) == len(weights)):
         raise ValueError(f"need one query block and one weight per store, got {len(query_feats)} blocks, "
                          f"{len(stores)} stores, {len(weights)} weights")
@@ -33,7 +34,7 @@ def score_stores(query_feats: Sequence[torch.Tensor], stores: Sequence[FeatureSt
 
     with bar(len(stores[0]), f"scoring {len(query_feats[0])} queries", enabled=progress, unit="rows") as rows:
         result = score(list(query_feats), list(stores), k=k, weights=list(weights), normalize=normalize,
-                       preconditioner=preconditioners, on_chunk=rows.update)
+                       preconditioner=preconditioners, query_precision=query_precision, on_chunk=rows.update)
     return result.values, result.indices
 
 

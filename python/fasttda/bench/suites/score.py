@@ -16,6 +16,9 @@ The memory-bandwidth floor: ``torch.copy_[bandwidth]`` (name ``copy``) copies a 
 size of the int8 store in the same run; its bandwidth is bytes read + written per second.
 Every fasttda case then carries ``extra.floor_s`` = its bytes ÷ that bandwidth (the least
 time a scan of its store could take) and ``extra.x_floor`` = its median ÷ ``floor_s``.
+int8 and int4 rows are also scanned with integer queries (``query_precision="int8"``: each
+query rounded to int8, exact integer dot products): impl ``fasttda.score_topk[int8][cpp][int8 queries]``,
+on the compiled backends only; their recall is against the same exact float32 top-k.
 The default shape covers the goals of issue 16: N=500k, d=1024, k=100, Q = 1, 8, 32, 256
 (at Q >= 256 only the fp32 baselines and the compiled backends, to keep the run to minutes).
 """
@@ -37,6 +40,8 @@ FORMATS = ("fp32", "bf16", "fp16", "int8", "fp8_e4m3", "int4")
 CHUNK_ROWS = 1 << 16
 BASELINE = "torch.topk(q@R.T)[fp32]"
 STORE_FORMATS = ("fp32", "int8", "int4")  # also scanned from an on-disk FeatureStore
+INT_QUERY_FORMATS = ("int8", "int4")  # also timed with query_precision="int8"
+INT_QUERIES = "[int8 queries]"
 SLOW_Q = 256  # from here on, the plain-PyTorch chunked scan and the reference backend are not timed
 
 
@@ -185,13 +190,21 @@ def format_cases(ctx, stored, fmt, qs, k, exact, d) -> list[dict]:
         extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"]}
         out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]",
                                extra=extra, **common))
+    if fmt not in INT_QUERY_FORMATS or "query_precision" not in inspect.signature(score_topk).parameters:
+        return out
+    call = _score_call(score_topk, data, scale, fmt, d, k, query_precision="int8")
+    for backend in (b for b in backends if b != "reference"):
+        found = call(qs[0], backend)[1]
+        extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"], "queries": "int8"}
+        out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]{INT_QUERIES}",
+                               extra=extra, **common))
     return out
 
 
-def _score_call(score_topk, data, scale, fmt, d, k):
+def _score_call(score_topk, data, scale, fmt, d, k, **options):
     """Adapt to score_topk's keywords (fmt/dim only where the op takes them)."""
     accepted = inspect.signature(score_topk).parameters
-    kwargs = {"k": k}
+    kwargs = {"k": k, **options}
     if scale is not None:
         kwargs["scales"] = scale
     if "fmt" in accepted:
@@ -226,13 +239,17 @@ def store_cases(ctx, stored, norms, fmt, queries, k, exact, d, root) -> list[dic
     out = []
     try:
         row_bytes = stored["data"].element_size() * stored["data"].shape[1] + (4 if stored["scale"] is not None else 0)
+        modes = [({}, "")]
+        if fmt in INT_QUERY_FORMATS and "query_precision" in inspect.signature(score).parameters:
+            modes.append(({"query_precision": "int8"}, INT_QUERIES))
         for Q, qs in queries.items():
-            found = score(qs[0], opened, k=k)
-            indices = found.indices if hasattr(found, "indices") else found[1]
-            extra = {"fmt": fmt, "recall": _recall(indices.cpu(), exact[Q].cpu()), "source": "disk (page cache)"}
-            out.append(ctx.measure(lambda q: score(q, opened, k=k), suite=SUITE, name="topk", impl=impl,
-                                   params=_params(N, d, Q, k), rotate=qs, baseline=BASELINE, extra=extra,
-                                   **_cost(N, d, Q, k, row_bytes)))
+            for options, tag in modes:
+                found = score(qs[0], opened, k=k, **options)
+                indices = found.indices if hasattr(found, "indices") else found[1]
+                extra = {"fmt": fmt, "recall": _recall(indices.cpu(), exact[Q].cpu()), "source": "disk (page cache)"}
+                out.append(ctx.measure(lambda q, o=options: score(q, opened, k=k, **o), suite=SUITE, name="topk",
+                                       impl=impl + tag, params=_params(N, d, Q, k), rotate=qs, baseline=BASELINE,
+                                       extra=extra, **_cost(N, d, Q, k, row_bytes)))
     finally:
         opened.close()
         shutil.rmtree(path, ignore_errors=True)
@@ -250,7 +267,8 @@ CPU_GOALS = [
 
 
 def add_goals(results: list[dict], ctx) -> list[dict]:
-    """``extra["goals"]`` on the ``fasttda.score_topk[fmt][cpp]`` rows: each target, its value, met or not.
+    """``extra["goals"]`` on the ``fasttda.score_topk[fmt][cpp]`` rows (float and integer queries):
+    each target, its value, met or not.
 
     ``ratio`` is the torch fp32 baseline's median over this row's (what ``vs base`` shows),
     ``x_floor`` the row's median over its bandwidth floor (see `add_floors`)."""
@@ -258,8 +276,11 @@ def add_goals(results: list[dict], ctx) -> list[dict]:
         return results
     base = {r["params"]["Q"]: r for r in results if r.get("status") == "ok" and r["impl"] == BASELINE}
     for r in results:
-        if r.get("status") != "ok" or not r["impl"].endswith("[cpp]") or not r["impl"].startswith("fasttda.score_topk"):
+        impl = r["impl"]
+        if r.get("status") != "ok" or not impl.startswith("fasttda.score_topk") or not (
+                impl.endswith("[cpp]") or impl.endswith("[cpp]" + INT_QUERIES)):
             continue
+        mode = " (int8 queries)" if impl.endswith(INT_QUERIES) else ""
         q, fmt, extra = r["params"]["Q"], r["extra"].get("fmt"), r["extra"]
         values = {"x_floor": extra.get("x_floor")}
         if q in base:
@@ -268,7 +289,7 @@ def add_goals(results: list[dict], ctx) -> list[dict]:
         for applies, formats, what, op, target in CPU_GOALS:
             value = values.get(what)
             if applies(q) and fmt in formats and value is not None:
-                label = f"{fmt} Q={q} {'vs torch fp32' if what == 'ratio' else 'time / bandwidth floor'}"
+                label = f"{fmt}{mode} Q={q} {'vs torch fp32' if what == 'ratio' else 'time / bandwidth floor'}"
                 goals.append(dict(goal=f"{label} {op} {target}", value=round(value, 4),
                                   met=value >= target if op == ">=" else value <= target))
         extra["goals"] = goals
