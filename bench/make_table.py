@@ -42,14 +42,16 @@ def load_runs(paths: list[Path], include_quick: bool) -> list[dict]:
         run["_file"] = f.name
         runs.append(run)
     # Per device and suite, the newest run that measured that suite (a later `--suite project`
-    # run replaces only the project rows of an earlier `--suite all` run).
+    # run replaces only the project rows of an earlier `--suite all` run); runs under `--busy`
+    # load are kept apart, beside the quiet ones, never in their place.
     newest: dict[tuple, dict] = {}
     for run in sorted(runs, key=lambda r: r["created_utc"]):
         for suite, status in run["suites"].items():
             if status["status"] == "ok":
-                newest[(run["machine"]["device_name"], run["config"]["device"], suite)] = run
+                busy = bool(run["config"].get("busy"))
+                newest[(run["machine"]["device_name"], run["config"]["device"], busy, suite)] = run
     picked: dict[int, dict] = {}
-    for (_, _, suite), run in sorted(newest.items(), key=lambda kv: kv[0]):
+    for (*_, suite), run in sorted(newest.items(), key=lambda kv: kv[0]):
         entry = picked.setdefault(id(run), dict(run, results=[], suites={}))
         entry["results"] += [r for r in run["results"] if r["suite"] == suite]
         entry["suites"][suite] = run["suites"][suite]
@@ -79,6 +81,8 @@ def rows_for(run: dict, all_cases: bool) -> list[list[str]]:
     load = run["machine"].get("loadavg_start")
     if run["config"]["device"] == "cpu" and load:
         device += f", load {load[0]:.1f}"
+    if run["config"].get("busy"):
+        device += ", under --busy load"
     table = []
     for (suite, name, _), cases in groups.items():
         anchors = [c for c in cases if not is_fasttda(c["impl"])]
