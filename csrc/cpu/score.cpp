@@ -9,7 +9,9 @@
 //   queries: the scan runs at the speed of the stored bytes, not of a float32 copy;
 // * many queries: the block is converted to float32 once into a cache-resident buffer and
 //   one single-threaded sgemm (at::mm) fills the tile: compute-bound, the converted block
-//   is reused by every query.
+//   is reused by every query;
+// * int8 queries (query_precision="int8", int8 / int4 rows), any Q: exact integer dot
+//   products of the stored bytes (score_int.h: VNNI, AVX2 byte multiplies or scalar).
 //
 // Then the tile's per-row factors (scale, 1/norm) are applied as in the reference (the dot
 // product first, then the factor) and the stores are summed. Top-k: each thread keeps a
@@ -124,9 +126,10 @@ Terms make_terms(const std::vector<at::Tensor>& queries, const std::vector<at::T
   for (const Store& s : t.stores) t.dot = t.dot || s.int_query;  // integer queries: always the exact dot path
   t.block = t.dot ? kDotBlockRows : std::max<int64_t>(16, kGemmBlockBytes / (4 * std::max<int64_t>(t.max_dim, 1)));
   if (t.dot) {
-    for (Store& s : t.stores) {
+    for (size_t c = 0; c < t.stores.size(); ++c) {
+      Store& s = t.stores[c];
       if (s.int_query) {
-        permute_int_all(queries[&s - t.stores.data()], s);
+        permute_int_all(queries[c], s);
         continue;
       }
       s.permuted = at::empty_like(s.query);
