@@ -54,6 +54,17 @@ def test_save_load_round_trip(gen, tmp_path):
     assert torch.equal(back.inverse, pc.inverse)
 
 
+@pytest.mark.parametrize("seed", [9, 54, 101, 3])
+def test_singular_gram_is_refused_on_every_machine(tmp_path, seed):
+    """3 rows in 6 dims: GᵀG/N has rank 3. For seeds 9, 54 and 101 LAPACK's Cholesky still
+    succeeds on this machine (its last pivots are rounding noise); the fit must refuse anyway."""
+    x = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed))
+    store = make_store(tmp_path / "s", x, "fp32")
+    with pytest.raises(ValueError, match="increase damping"):
+        precondition.fit(store, 0.0)
+    assert precondition.fit(store, 1e-3).rows == 3  # any real damping makes it definite
+
+
 def test_bad_input(gen, tmp_path):
     store = make_store(tmp_path / "s", torch.randn(3, 6, generator=gen), "fp32")  # 3 rows: GᵀG/N is singular
     with pytest.raises(ValueError, match="increase damping"):

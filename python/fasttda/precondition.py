@@ -93,7 +93,11 @@ def fit(store, damping: float, *, kind: str = "full", chunk_rows: int = 16384) -
         return Preconditioner("diagonal", 1.0 / h, float(damping), rows)
     h = gram + damping * torch.eye(dim, dtype=torch.float64)
     chol, info = torch.linalg.cholesky_ex(h)
-    if info.item() != 0:
+    # A singular h can still factor, its last pivots rounding noise (whether LAPACK then
+    # reports it depends on the machine's BLAS): a pivot below the rounding of the largest
+    # diagonal entry counts as zero, so the answer is the same everywhere.
+    floor = dim * torch.finfo(torch.float64).eps * float(h.diagonal().abs().max())
+    if info.item() != 0 or not bool((chol.diagonal() ** 2 > floor).all()):
         raise ValueError(f"GᵀG/N + {damping}·I is not positive definite ({rows} rows, dim {dim}); "
                          "increase damping")
     return Preconditioner("full", torch.cholesky_inverse(chol), float(damping), rows)
