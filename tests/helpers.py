@@ -128,6 +128,17 @@ def run_isa_harness(tmp_path, harness, flags: list[str], needs: str | None) -> s
     return result.stdout
 
 
+def cpp_or_skip() -> None:
+    """Skip unless the C++ CPU extension builds and loads here."""
+    from fasttda import _extension
+    from fasttda._dispatch import BackendUnavailable
+
+    try:
+        _extension.load("cpu")
+    except BackendUnavailable as exc:
+        pytest.skip(f"C++ CPU extension unavailable: {exc}")
+
+
 def cxx_or_skip() -> str:
     """The C++ compiler's path, or skip the test."""
     import shutil

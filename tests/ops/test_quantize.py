@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from helpers import needs_triton, triton_device
+from helpers import cpp_or_skip, needs_triton, triton_device
 
 from fasttda.ops.quantize import FORMATS, SCALED_QMAX, dequantize, quantize, stored_width
 
@@ -189,21 +189,12 @@ def test_bad_input():
 
 
 # -- C++ fused cast (bf16 / fp16 of float32 CPU rows) ------------------------------------------
-def _cpp_or_skip():
-    from fasttda import _extension
-    from fasttda._dispatch import BackendUnavailable
-
-    try:
-        _extension.load("cpu")
-    except BackendUnavailable as exc:
-        pytest.skip(f"C++ CPU extension unavailable: {exc}")
-
 
 @pytest.mark.parametrize("fmt,dtype,limit", [("bf16", torch.bfloat16, 3.3895313892515355e38),
                                              ("fp16", torch.float16, 65504.0)])
 def test_cpp_cast_bitwise_equals_torch(gen, fmt, dtype, limit):
     """Rounding ties, subnormals, ±0, the range's edge, a vector tail, strided input."""
-    _cpp_or_skip()
+    cpp_or_skip()
     x = torch.randn(37, 131, generator=gen) * torch.logspace(-30, 4, 131)
     x[0, :8] = torch.tensor([0.0, -0.0, limit, -limit, 1e-45, -3e-41, 1 + 2**-8, 1 + 3 * 2**-11])
     x[1, :4] = torch.tensor([6e-8, 2**-25, 65503.9, -1.00048828125])
@@ -216,7 +207,7 @@ def test_cpp_cast_bitwise_equals_torch(gen, fmt, dtype, limit):
 
 @pytest.mark.parametrize("fmt", ["bf16", "fp16"])
 def test_cpp_cast_rejects_what_the_reference_rejects(gen, fmt):
-    _cpp_or_skip()
+    cpp_or_skip()
     x = torch.randn(9, 70, generator=gen)
     for backend in ("cpp", "auto"):
         y = x.clone()
@@ -237,7 +228,7 @@ def test_cpp_cast_rejects_what_the_reference_rejects(gen, fmt):
 @pytest.mark.parametrize("n,d", [(1, 1), (5, 7), (37, 33), (300, 131)])
 def test_cpp_dequantize_bitwise_equals_reference(gen, fmt, n, d):
     """Fresh output and into a strided slice of a larger buffer; strided stored rows too."""
-    _cpp_or_skip()
+    cpp_or_skip()
     x = student_t_rows(gen, 2 * n, d).float()
     data, scale = quantize(x, fmt, backend="reference")
     for rows, s in ((data, scale), (data[::2], None if scale is None else scale[::2])):
@@ -252,7 +243,7 @@ def test_cpp_dequantize_bitwise_equals_reference(gen, fmt, n, d):
 
 
 def test_cpp_dequantize_every_fp8_code_and_out_checks(gen):
-    _cpp_or_skip()
+    cpp_or_skip()
     codes = torch.arange(256, dtype=torch.uint8).reshape(2, 128)
     scale = torch.tensor([1.0, 0.375])
     ref = dequantize(codes, scale, "fp8_e4m3", backend="reference")

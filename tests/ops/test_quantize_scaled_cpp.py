@@ -7,21 +7,13 @@ import importlib
 
 import pytest
 import torch
+from helpers import cpp_or_skip
 
 from fasttda.ops.quantize import SCALED_QMAX, quantize
 
 SCALED = sorted(SCALED_QMAX)
 qmod = importlib.import_module("fasttda.ops.quantize")
 
-
-def cpp_or_skip():
-    from fasttda import _extension
-    from fasttda._dispatch import BackendUnavailable
-
-    try:
-        _extension.load("cpu")
-    except BackendUnavailable as exc:
-        pytest.skip(f"C++ CPU extension unavailable: {exc}")
 
 
 def assert_bitwise(x, fmt):

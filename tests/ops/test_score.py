@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 import helpers
-from helpers import needs_triton, triton_device
+from helpers import cpp_or_skip, needs_triton, triton_device
 
 from fasttda import topk as topk_mod
 from fasttda.ops import score as score_mod
@@ -281,15 +281,6 @@ def test_triton_sort_network_merge(gen, monkeypatch, k, n, ascending):
 
 
 # -- C++ CPU kernel -------------------------------------------------------------------------
-def cpp_or_skip():
-    from fasttda import _extension
-    from fasttda._dispatch import BackendUnavailable
-
-    try:
-        _extension.load("cpu")
-    except BackendUnavailable as exc:
-        pytest.skip(f"C++ CPU extension unavailable: {exc}")
-
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cpp_equals_reference(gen, fmt):

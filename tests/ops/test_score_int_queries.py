@@ -5,22 +5,13 @@ queries' rounding is checked on its own, and its effect on rankings against floa
 """
 import pytest
 import torch
-from helpers import needs_triton, triton_device
+from helpers import cpp_or_skip, needs_triton, triton_device
 
 from fasttda.ops.quantize import quantize
 from fasttda.ops.score import quantize_queries, score_dense, score_topk
 
 INT_FORMATS = ["int8", "int4"]
 
-
-def cpp_or_skip():
-    from fasttda import _extension
-    from fasttda._dispatch import BackendUnavailable
-
-    try:
-        _extension.load("cpu")
-    except BackendUnavailable as exc:
-        pytest.skip(f"C++ CPU extension unavailable: {exc}")
 
 
 def stored_ints(data, fmt, dim):

@@ -181,23 +181,19 @@ def format_cases(ctx, stored, fmt, qs, k, exact, d) -> list[dict]:
     backends, missing = usable_backends(ctx, SUITE, "topk", params, lambda b: call(qs[0][:1], b),
                                         f"fasttda.score_topk[{fmt}]")
     out += missing
-    for backend in backends:
+    runs = [(backend, call, "", {}) for backend in backends]
+    if fmt in INT_QUERY_FORMATS and "query_precision" in inspect.signature(score_topk).parameters:
+        int_call = _score_call(score_topk, data, scale, fmt, d, k, query_precision="int8")
+        runs += [(backend, int_call, INT_QUERIES, {"queries": "int8"}) for backend in backends if backend != "reference"]
+    for backend, fn, tag, more in runs:
+        impl = f"fasttda.score_topk[{fmt}][{backend}]{tag}"
         if backend == "reference" and Q >= SLOW_Q:
-            out.append(ctx.missing(suite=SUITE, name="topk", impl=f"fasttda.score_topk[{fmt}][{backend}]",
-                                   params=params, reason=f"not timed at Q >= {SLOW_Q} (keeps the suite to minutes)"))
+            out.append(ctx.missing(suite=SUITE, name="topk", impl=impl, params=params,
+                                   reason=f"not timed at Q >= {SLOW_Q} (keeps the suite to minutes)"))
             continue
-        found = call(qs[0], backend)[1]
-        extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"]}
-        out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]",
-                               extra=extra, **common))
-    if fmt not in INT_QUERY_FORMATS or "query_precision" not in inspect.signature(score_topk).parameters:
-        return out
-    call = _score_call(score_topk, data, scale, fmt, d, k, query_precision="int8")
-    for backend in (b for b in backends if b != "reference"):
-        found = call(qs[0], backend)[1]
-        extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"], "queries": "int8"}
-        out.append(ctx.measure(lambda q, b=backend: call(q, b), impl=f"fasttda.score_topk[{fmt}][{backend}]{INT_QUERIES}",
-                               extra=extra, **common))
+        found = fn(qs[0], backend)[1]
+        extra = {"fmt": fmt, "recall": _recall(found, exact), "quantized_by": stored["by"], **more}
+        out.append(ctx.measure(lambda q, b=backend, f=fn: f(q, b), impl=impl, extra=extra, **common))
     return out
 
 
