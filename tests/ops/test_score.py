@@ -349,10 +349,11 @@ def _unscaled(data, scale, fmt, d):
     return dequantize(data, None if scale is None else torch.ones_like(scale), fmt, dim=d).double()
 
 
-# Q <= 16 takes the register-blocked dot path (tiles of 8/4/2/1 queries), Q = 21 the sgemm
-# path; d spans widths below one vector, vector tails and (for int4) odd widths.
+# Q <= 16 takes the register-blocked dot path (tiles of 8/4/2/1 queries); Q = 21 the dot
+# path for formats narrower than float32 and the sgemm path for fp32; Q = 37 the sgemm path
+# for every format. d spans widths below one vector, vector tails and (for int4) odd widths.
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("nq,d", [(1, 45), (3, 71), (8, 5), (13, 64), (21, 33)])
+@pytest.mark.parametrize("nq,d", [(1, 45), (3, 71), (8, 5), (13, 64), (21, 33), (37, 50)])
 def test_cpp_scan_matches_float64(gen, fmt, nq, d):
     cpp_or_skip()
     n = 613
@@ -371,7 +372,7 @@ def test_cpp_scan_matches_float64(gen, fmt, nq, d):
     assert ((dense.double() - scores).abs() <= tol).all()
 
 
-@pytest.mark.parametrize("nq", [2, 20])
+@pytest.mark.parametrize("nq", [2, 20, 35])  # dot path, dot path (no fp32 store), sgemm path
 def test_cpp_multi_store_factors_and_cosine(gen, nq):
     """Three stores of different formats and widths, weights, stored norms, cosine."""
     cpp_or_skip()
@@ -391,11 +392,11 @@ def test_cpp_multi_store_factors_and_cosine(gen, nq):
     helpers.assert_topk_tie_aware(values, indices, scores, 25, tol)
 
 
-@pytest.mark.parametrize("nq", [1, 3, 9])
+@pytest.mark.parametrize("nq", [1, 3, 9, 33])
 def test_cpp_fp8_every_code(gen, nq):
     """Every fp8 e4m3 byte converts exactly (the dot path reads them as fp16 bits, 2^-8 times
     the value); a NaN code (0x7F, 0xFF) anywhere in a row, vector body or tail, makes the
-    scores non-finite, for 1 query (one row per tile), a few and many (the sgemm path)."""
+    scores non-finite, for 1 query (one row per tile), a few and many (33: the sgemm path)."""
     cpp_or_skip()
     codes = torch.arange(256, dtype=torch.int64)
     finite = codes[(codes & 0x7F) != 0x7F].to(torch.uint8)
