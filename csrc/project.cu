@@ -16,7 +16,7 @@
 
 #include <cstdint>
 
-#include "counter_hash.cuh"
+#include "counter_hash.h"
 
 namespace fasttda {
 namespace {
@@ -67,7 +67,8 @@ __global__ void __launch_bounds__(THREADS) rademacher_project_kernel(
     }
     {  // one hash word per thread: row r of the tile, 32 consecutive columns
       const int r = tid / (BN / 32), w = tid % (BN / 32);
-      const uint32_t h = hash_word(row_key(offset + d0 + r, k_row), col_key(col0 / 32 + w, k_col));
+      const uint32_t h = fasttda_hash::hash_word(fasttda_hash::row_key(offset + d0 + r, k_row),
+                                                  fasttda_hash::col_key(col0 / 32 + w, k_col));
       uint32_t* dst = reinterpret_cast<uint32_t*>(&ps[r][w * 32]);
 #pragma unroll
       for (int b = 0; b < 32; b += 2) {

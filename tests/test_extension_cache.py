@@ -26,4 +26,7 @@ def test_key_covers_headers(tmp_path):
     before = _extension.build_key("cpu", files, ["-O3"], "x")
     files[1].write_text("inline int one() { return 2; }\n")
     assert _extension.build_key("cpu", files, ["-O3"], "x") != before
-    assert _extension._headers("cuda"), "csrc/*.cuh headers are part of the CUDA key"
+    assert _extension._headers("cuda"), "csrc/*.h headers are part of the CUDA key"
+    shared = _extension.CSRC / "counter_hash.h"
+    assert shared in _extension._headers("cuda") and shared in _extension._headers("cpu"), \
+        "the counter hash both kernels include is part of both keys"

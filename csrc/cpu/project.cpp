@@ -31,20 +31,17 @@
 #include <string>
 #include <vector>
 
+#include "counter_hash.h"
+
 namespace {
 
 constexpr int64_t kBlockEntries = 1 << 17;         // floats of P per generated block (512 KiB)
 constexpr int64_t kTargetTasks = 32;               // enough tasks to balance 2..16 threads under load
 constexpr int64_t kPartialBytes = int64_t(256) << 20;  // cap on the per-segment partial outputs
 
-inline uint32_t mix32(uint32_t x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  x ^= x >> 16;
-  return x;
-}
+using fasttda_hash::col_key;
+using fasttda_hash::hash_word;
+using fasttda_hash::row_key;
 
 inline float as_float(uint32_t u) { return __builtin_bit_cast(float, u); }
 inline uint32_t as_uint(float f) { return __builtin_bit_cast(uint32_t, f); }
@@ -53,14 +50,13 @@ inline uint32_t as_uint(float f) { return __builtin_bit_cast(uint32_t, f); }
 void row_keys(uint64_t i0, int64_t n, uint32_t k_row, uint32_t* out) {
 #pragma omp simd
   for (int64_t r = 0; r < n; ++r) {
-    const uint64_t i = i0 + uint64_t(r);
-    out[r] = mix32(mix32(uint32_t(i >> 32) ^ k_row) ^ uint32_t(i));
+    out[r] = row_key(i0 + uint64_t(r), k_row);
   }
 }
 
 std::vector<uint32_t> col_keys(int64_t count, uint32_t k_col) {
   std::vector<uint32_t> ck(count);
-  for (int64_t c = 0; c < count; ++c) ck[c] = mix32(uint32_t(c) ^ k_col);
+  for (int64_t c = 0; c < count; ++c) ck[c] = col_key(uint32_t(c), k_col);
   return ck;
 }
 
@@ -162,14 +158,14 @@ void fill_dense(const Keys& k, int64_t d0, int64_t rows, int64_t j0, int64_t wid
     for (int64_t c = 0; narrow && c < nw; ++c) {  // w[r * nw + c], vectorized over rows
       const uint32_t key = ck[c];
 #pragma omp simd
-      for (int64_t r = 0; r < rows; ++r) w[r * nw + c] = mix32(rk[r] + key);
+      for (int64_t r = 0; r < rows; ++r) w[r * nw + c] = hash_word(rk[r], key);
     }
     for (int64_t r = 0; r < rows; ++r) {
       uint32_t* wr = narrow ? w + r * nw : w;
       if (!narrow) {
         const uint32_t key = rk[r];
 #pragma omp simd
-        for (int64_t c = 0; c < nw; ++c) wr[c] = mix32(key + ck[c]);
+        for (int64_t c = 0; c < nw; ++c) wr[c] = hash_word(key, ck[c]);
       }
       uint32_t* out = reinterpret_cast<uint32_t*>(buf + r * ld);
       for (int64_t c = 0; c < nw; ++c) {
@@ -189,7 +185,7 @@ void fill_dense(const Keys& k, int64_t d0, int64_t rows, int64_t j0, int64_t wid
       float* ev = buf + 2 * p * ld;
       float* od = ev + ld;
 #pragma omp simd simdlen(16)
-      for (int64_t r = 0; r < rows; ++r) box_muller(mix32(rk[r] + ke), mix32(rk[r] + ko), ev[r], od[r]);
+      for (int64_t r = 0; r < rows; ++r) box_muller(hash_word(rk[r], ke), hash_word(rk[r], ko), ev[r], od[r]);
     }
     return;
   }
@@ -197,7 +193,7 @@ void fill_dense(const Keys& k, int64_t d0, int64_t rows, int64_t j0, int64_t wid
     const uint32_t key = rk[r];
     float* out = buf + r * ld;
 #pragma omp simd simdlen(16)
-    for (int64_t p = 0; p < np; ++p) box_muller(mix32(key + cke[p]), mix32(key + cko[p]), out[2 * p], out[2 * p + 1]);
+    for (int64_t p = 0; p < np; ++p) box_muller(hash_word(key, cke[p]), hash_word(key, cko[p]), out[2 * p], out[2 * p + 1]);
   }
 }
 
@@ -286,7 +282,7 @@ at::Tensor project_sjlt(const at::Tensor& x, const Keys& k) {
       row_keys(k.offset + uint64_t(d0), nr, k.k_row, rk.data());
       for (int64_t r = 0; r < nr; ++r)
         for (int64_t q = 0; q < s; ++q) {
-          const uint32_t h = mix32(rk[r] + k.ck_a[q]);
+          const uint32_t h = hash_word(rk[r], k.ck_a[q]);
           bucket[r * s + q] = (h >> 1) % uint32_t(K);
           sign[r * s + q] = (h & 1u) << 31;
         }
@@ -338,7 +334,7 @@ at::Tensor projection_matrix_cpu(int64_t in_dim, int64_t out_dim, const std::str
     row_keys(k.offset, in_dim, k.k_row, rk.data());
     for (int64_t r = 0; r < in_dim; ++r)
       for (int64_t q = 0; q < s; ++q) {
-        const uint32_t h = mix32(rk[r] + k.ck_a[q]);
+        const uint32_t h = hash_word(rk[r], k.ck_a[q]);
         p[r * out_dim + (h >> 1) % uint32_t(out_dim)] += (h & 1u) ? -1.0f : 1.0f;
       }
     return P;

@@ -58,8 +58,11 @@ def _sources(kind: str) -> list[Path]:
 
 
 def _headers(kind: str) -> list[Path]:
+    """The headers a build stages beside its sources (flat, so a source includes them by
+    name); the CPU build also takes csrc/counter_hash.h, which the CUDA kernel shares."""
     folder = CSRC if kind == "cuda" else CSRC / "cpu"
-    return sorted(p for pattern in ("*.h", "*.cuh") for p in folder.glob(pattern))
+    found = sorted(p for pattern in ("*.h", "*.cuh") for p in folder.glob(pattern))
+    return found + ([CSRC / "counter_hash.h"] if kind == "cpu" else [])
 
 
 def _stage_sources(build_dir: Path, files: list[Path]) -> list[Path]:

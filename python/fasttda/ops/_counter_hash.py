@@ -3,7 +3,8 @@
 Entry (i, j) of a projection matrix is a pure function of (seed, i, j): no state, no
 device-dependent tiling, so every backend and every GPU model produces the same matrix
 (unlike fast_jl, whose matrix depends on the SM count). ``kernels/_counter_hash.py`` and
-``csrc/counter_hash.cuh`` implement the same functions; tests check them bit for bit.
+``csrc/counter_hash.h`` (shared by the CUDA and the C++ CPU kernel) implement the same
+functions; tests check them bit for bit.
 
 Definitions (all arithmetic mod 2**32, ``mix`` = the "lowbias32" finalizer):
 
