@@ -199,3 +199,24 @@ def test_demo_writes_the_report_shapes(tmp_path):
     md = (tmp_path / "demo" / "report.md").read_text()
     assert md.startswith("# Influcoder demo") and "30-row pool" in md and "50-row pool" in md
     assert (tmp_path / "demo" / "scatter.png").stat().st_size > 0
+
+
+def test_cli_demo_options_reach_the_config(tmp_path, monkeypatch):
+    """`influcoder demo`'s training options land in the DemoConfig it runs (the run itself is
+    test_demo_writes_the_report_shapes'); absent options keep the demo's defaults."""
+    from fasttda.methods.influcoder import demo as demo_mod
+
+    seen = []
+    report = {k: {"spearman_anchor": 0.5, "spearman_agg": 0.5} for k in ("trained", "untrained", "tfidf", "bm25")}
+    report.update(bytes_per_example={"encoder": 1, "teacher": 2}, seconds_per_example={"encoder": 0.1, "gradient": 0.2},
+                  two_stage={"recall_at_50": 0.5, "gradient_fraction": 0.1})
+    monkeypatch.setattr(demo_mod, "run", lambda config, out, **kw: seen.append(config) or {"report": report})
+    runner = CliRunner()
+    args = ["influcoder", "demo", "--quick", "--no-progress"]
+    for extra in (["--alpha", "0.7", "--tau", "0.3", "--lr", "1e-4", "--steps", "3"], []):
+        result = runner.invoke(main, args + ["--out", str(tmp_path / str(len(seen)))] + extra, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    given, default = seen[0].train, seen[1].train
+    assert (given.alpha, given.tau, given.lr, given.steps) == (0.7, 0.3, 1e-4, 3)
+    quick = demo_mod.DemoConfig.quick().train
+    assert (default.alpha, default.tau, default.lr, default.steps) == (quick.alpha, quick.tau, quick.lr, quick.steps)

@@ -159,6 +159,8 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
 @click.option("--quick", is_flag=True, help="A small configuration that runs in about 2 minutes (for CI).")
 @click.option("--steps", type=click.IntRange(min=1), help="Student optimizer steps [300; quick 20].")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Student learning rate [5e-4; quick 2e-4].")
+@click.option("--alpha", type=click.FloatRange(0, 1), help="Weight of 1 − Pearson in the loss [0.8].")
+@click.option("--tau", type=click.FloatRange(min=0, min_open=True), help="Softmax temperature of the KL term [0.2].")
 @click.option("--encoder", default=None, help="Student encoder directory [all-MiniLM-L6-v2].")
 @click.option("--pooling", type=click.Choice(["mean", "attention"]), default=None, help="Pooling [mean].")
 @click.option("--pool-lr", type=click.FloatRange(min=0, min_open=True),
@@ -166,7 +168,7 @@ def eval_cmd(model, teacher_dir, untrained, baselines, out, progress):
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads [2].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_errors
-def demo_cmd(out, seed, quick, steps, lr, encoder, pooling, pool_lr, threads, progress):
+def demo_cmd(out, seed, quick, steps, lr, alpha, tau, encoder, pooling, pool_lr, threads, progress):
     """Teacher → train → eval → two-stage on the embedded setting, offline, on CPU."""
     import dataclasses
     from pathlib import Path
@@ -182,6 +184,10 @@ def demo_cmd(out, seed, quick, steps, lr, encoder, pooling, pool_lr, threads, pr
         config.train = dataclasses.replace(config.train, lr=lr)
     if pool_lr:
         config.train = dataclasses.replace(config.train, pool_lr=pool_lr)
+    if alpha is not None:
+        config.train = dataclasses.replace(config.train, alpha=alpha)
+    if tau is not None:
+        config.train = dataclasses.replace(config.train, tau=tau)
     if (Path(out) / "report.json").exists():
         raise FileExistsError(f"{out} already holds a report; choose another --out")
     result = run(config, Path(out), progress=progress, log=lambda m: click.echo(m, err=True))
