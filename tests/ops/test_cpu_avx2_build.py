@@ -31,9 +31,12 @@ def avx2(tmp_path_factory):
     import fasttda._extension as ext
 
     sources = sorted((Path(ext.CSRC) / "cpu").glob("*.cpp"))
+    build = tmp_path_factory.mktemp("avx2")
+    # staged beside their headers as the real build does (csrc/counter_hash.h lives one level up)
+    staged = ext._stage_sources(build, sources + ext._headers("cpu"))[: len(sources)]
     flags = [f for f in ext.CPU_FLAGS if not f.startswith("-march")] + ["-march=haswell"]
-    return cpp_extension.load(name="fasttda_cpu_avx2_check", sources=[str(s) for s in sources],
-                              build_directory=str(tmp_path_factory.mktemp("avx2")), extra_cflags=flags,
+    return cpp_extension.load(name="fasttda_cpu_avx2_check", sources=[str(s) for s in staged],
+                              build_directory=str(build), extra_cflags=flags,
                               extra_ldflags=["-fopenmp"], verbose=False)
 
 
