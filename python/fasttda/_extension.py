@@ -59,10 +59,10 @@ def _sources(kind: str) -> list[Path]:
 
 def _headers(kind: str) -> list[Path]:
     """The headers a build stages beside its sources (flat, so a source includes them by
-    name); the CPU build also takes csrc/counter_hash.h, which the CUDA kernel shares."""
-    folder = CSRC if kind == "cuda" else CSRC / "cpu"
-    found = sorted(p for pattern in ("*.h", "*.cuh") for p in folder.glob(pattern))
-    return found + ([CSRC / "counter_hash.h"] if kind == "cpu" else [])
+    name): its own (csrc/*.cuh, csrc/cpu/*.h) and the host/device ones both kernels
+    include (csrc/*.h, e.g. the counter hash)."""
+    own = sorted(CSRC.glob("*.cuh")) if kind == "cuda" else sorted((CSRC / "cpu").glob("*.h"))
+    return own + sorted(CSRC.glob("*.h"))
 
 
 def _stage_sources(build_dir: Path, files: list[Path]) -> list[Path]:

@@ -8,7 +8,6 @@ tests/ops/test_score_rows_isa.py covers score_rows.h alone at every width, in se
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -30,7 +29,7 @@ def avx2(tmp_path_factory):
 
     import fasttda._extension as ext
 
-    sources = sorted((Path(ext.CSRC) / "cpu").glob("*.cpp"))
+    sources = ext._sources("cpu")
     build = tmp_path_factory.mktemp("avx2")
     # staged beside their headers as the real build does (csrc/counter_hash.h lives one level up)
     staged = ext._stage_sources(build, sources + ext._headers("cpu"))[: len(sources)]

@@ -178,16 +178,8 @@ def demo_cmd(out, seed, quick, steps, lr, alpha, tau, encoder, pooling, pool_lr,
 
     overrides = {k: v for k, v in (("encoder", encoder), ("pooling", pooling), ("threads", threads)) if v is not None}
     config = DemoConfig.quick(seed=seed, **overrides) if quick else DemoConfig(seed=seed, **overrides)
-    if steps:
-        config.train = dataclasses.replace(config.train, steps=steps)
-    if lr:
-        config.train = dataclasses.replace(config.train, lr=lr)
-    if pool_lr:
-        config.train = dataclasses.replace(config.train, pool_lr=pool_lr)
-    if alpha is not None:
-        config.train = dataclasses.replace(config.train, alpha=alpha)
-    if tau is not None:
-        config.train = dataclasses.replace(config.train, tau=tau)
+    given = dict(steps=steps, lr=lr, pool_lr=pool_lr, alpha=alpha, tau=tau)
+    config.train = dataclasses.replace(config.train, **{k: v for k, v in given.items() if v is not None})
     if (Path(out) / "report.json").exists():
         raise FileExistsError(f"{out} already holds a report; choose another --out")
     result = run(config, Path(out), progress=progress, log=lambda m: click.echo(m, err=True))
