@@ -22,6 +22,11 @@ speed-up over each anchor and the capture goals (overhead ≤ 1.5× plain on CPU
 GPU; faster than both anchors), and ``goals``: issue 16's targets for ``fasttda`` on CPU
 (Llama: ≥ 1.05× dattri-llm's frozen mode and ≤ 1.05× frozen plain; small GPT-2: ≤ 1.2×
 frozen plain), each with its value and whether it is met.
+
+Timing is interleaved (`fasttda.bench.interleave`): every implementation of a workload is
+built, warmed up and measured for memory one at a time, then timed in rounds that call each
+once on the same batch, so the ratios between them, a few per cent, are not the drift of
+the machine or of the heap between blocks of calls.
 """
 from __future__ import annotations
 
@@ -33,6 +38,7 @@ import torch
 
 from fasttda.bench.anchors import AnchorMissing
 from fasttda.bench.anchors.capture import bergson, dattri_llm, fasttda_capture
+from fasttda.bench.interleave import measure_interleaved
 from fasttda.bench.anchors.capture.workload import (SavedModel, Workload, make_batches, plain_step,
                                                     quiet_transformers, workloads)
 
@@ -82,22 +88,27 @@ def workload_cases(ctx, w: Workload, root: str) -> list[dict]:
         return [ctx.missing(suite=SUITE, name=w.name, impl=impl, params=params, reason=str(exc))
                 for impl in ("plain", "fasttda", *ANCHORS)]
     batches = make_batches(w, ctx.device)
-    timing = dict(warmup=1, repeats=2) if ctx.quick else dict(warmup=1, repeats=max(3, 2 * len(batches)))
-    cases = []
+    timing = dict(warmup=1, rounds=2) if ctx.quick else dict(warmup=1, rounds=max(6, 3 * len(batches)))
+    steps, versions = {}, {}
     for impl, (build, anchor_version) in implementations(saved, w, batches, ctx.device).items():
         if ctx.quick and impl not in QUICK_IMPLS:
             continue
-        step = CpuTimed(build)
-        extra = dict(parameters=saved.parameters, torch_threads=torch.get_num_threads())
-        if anchor_version is not None:
-            extra["anchor_version"] = anchor_version
-        case = ctx.measure(build=step.build, suite=SUITE, name=w.name, impl=impl, params=params,
-                           rotate=batches, baseline=None if impl == BASELINE else BASELINE,
-                           extra=extra, **timing)
-        if case.get("status") == "ok":
-            case["extra"]["cpu_s_median"] = step.cpu_median(skip=timing["warmup"])
-        step.close()
-        cases.append(case)
+        steps[impl], versions[impl] = CpuTimed(build), anchor_version
+
+    def extra(impl: str) -> dict:
+        fields = dict(parameters=saved.parameters, torch_threads=torch.get_num_threads(),
+                      cpu_s_median=steps[impl].cpu_median(skip=timing["warmup"]))
+        if versions[impl] is not None:
+            fields["anchor_version"] = versions[impl]
+        return fields
+
+    try:
+        cases = measure_interleaved(ctx, {impl: step.build for impl, step in steps.items()}, suite=SUITE,
+                                    name=w.name, params=params, rotate=batches, baseline=BASELINE, extra=extra,
+                                    **timing)
+    finally:
+        for step in steps.values():
+            step.close()
     return add_goals(add_throughput(cases, w, ctx.device), w, ctx)
 
 
@@ -105,8 +116,8 @@ class CpuTimed:
     """Builds a step and records the process CPU seconds of each call.
 
     On a shared machine wall time swings with the other tenants' load while the CPU time a
-    call burns moves much less, so ``cpu_s_median`` (both torch threads together) is the
-    steadier figure for comparing implementations measured minutes apart.
+    call burns moves much less, so ``cpu_s_median`` (both torch threads together) is a
+    second figure beside the interleaved wall times.
     """
 
     def __init__(self, build):
