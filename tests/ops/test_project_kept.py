@@ -51,3 +51,17 @@ def test_kept_matrices_stay_within_budget(kept, gen):
     assert kept.generated == 6 and len(kept) == 2
     project_module.clear_kept_matrices()
     assert len(project_module._KEPT) == 0
+
+
+@pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("out_dim", [5, 32, 33])
+def test_narrow_matrix_is_kept_transposed_with_the_same_entries(kept, gen, monkeypatch, kind, out_dim):
+    monkeypatch.setattr(project_module, "KEEP_SLICE_ENTRIES", 7 * out_dim)  # slices of 7 rows
+    x = torch.randn(2, 53, generator=gen)
+    got = ops.project(x, out_dim, kind=kind, seed=11, offset=1001)
+    (matrix,) = kept._items.values()
+    whole = ops.projection_matrix(53, out_dim, kind=kind, seed=11, offset=1001, scaled=False)
+    transposed = out_dim <= project_module.KEEP_TRANSPOSED_MAX_K
+    assert matrix.shape == ((out_dim, 53) if transposed else (53, out_dim))
+    assert torch.equal(matrix.T if transposed else matrix, whole)  # slices: the entries of one build
+    assert_close_to_oracle(got, x, out_dim, kind, 11, offset=1001)
