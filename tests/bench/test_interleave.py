@@ -2,6 +2,7 @@
 import time
 
 import pytest
+import torch
 
 from fasttda.bench import harness
 from fasttda.bench.interleave import measure_interleaved
@@ -66,3 +67,17 @@ def test_bad_arguments_are_refused():
         measure_interleaved(ctx, {}, suite="s", name="w", params={}, rotate=[], warmup=1, rounds=1)
     with pytest.raises(ValueError, match="rounds"):
         measure_interleaved(ctx, {}, suite="s", name="w", params={}, rotate=[1], warmup=1, rounds=0)
+
+
+def test_memory_counts_what_an_impl_holds_from_its_build():
+    ctx = harness.BenchContext(quick=True, measure_ceilings=False)
+    if ctx.device != "cpu" or not harness._RssSampler().available:
+        pytest.skip("RSS sampling needs Linux /proc")
+
+    def holding():
+        held = torch.ones(48 << 20, dtype=torch.float32)  # 192 MiB, every page touched
+        return lambda batch: held[:1].sum()
+    big, small = measure_interleaved(ctx, {"big": holding, "small": lambda: (lambda batch: None)}, suite="s",
+                                     name="w", params={}, rotate=[0], warmup=1, rounds=2)
+    assert big["peak_mem_bytes"] >= 150 << 20
+    assert small["peak_mem_bytes"] is not None and small["peak_mem_bytes"] < 50 << 20

@@ -56,6 +56,10 @@ def measure_interleaved(ctx: BenchContext, builds: dict[str, Callable[[], Callab
 
     for impl, build in builds.items():
         try:
+            if ctx.device == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
             with _PeakMemory(ctx.device) as mem:
                 fns[impl] = build()
                 if on_built is not None:
@@ -63,7 +67,8 @@ def measure_interleaved(ctx: BenchContext, builds: dict[str, Callable[[], Callab
                 for i in range(warmup):
                     fns[impl](rotate[i % len(rotate)])
                 _sync(ctx.device)
-            peaks[impl] = mem.growth
+            # CPU: the resident set's peak growth; CUDA: the allocator's peak over the build and calls
+            peaks[impl] = max(0, torch.cuda.max_memory_allocated() - base) if ctx.device == "cuda" else mem.growth
         except Exception as exc:  # a failing impl is reported, the run goes on
             fail(impl, exc)
         _release_free_memory()
