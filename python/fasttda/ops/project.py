@@ -89,7 +89,7 @@ FLOAT64_ONLY_REFERENCE = ("takes float32/bfloat16/float16 input, got float64; fl
 #
 # A narrow P (k <= 32) is kept transposed, [k, D], and used as a transposed view: MKL's
 # sgemm reads it at memory speed that way, while [D, k] rows of a few floats run it at about
-# 70 % of that (2 cores, 8 x 11.7M to 20 columns: 70 against 86-95 ms; 1M to 8-20 columns
+# 70 % of that (2 cores, 8 x 11.7M to 20 columns: 70 against 86-95 ms; 100k-3M to 8-20 columns:
 # within noise or faster). For wider P the natural layout is as fast or faster (32 x 262144
 # to 512: 53 against 71 ms). It is built in slices of rows, so it never exists twice.
 KEPT_MATRIX_BYTES = int(os.environ.get("FASTTDA_PROJECT_KEEP_BYTES", 1 << 30))
