@@ -319,6 +319,13 @@ class BenchContext:
         return {"status": "missing", "suite": suite, "name": name, "impl": impl, "device": self.device,
                 "params": _jsonable(params or {}), "reason": str(reason)}
 
+    def failed(self, exc: Exception, *, suite: str, impl: str, name: str | None = None,
+               params: dict | None = None) -> dict:
+        """The `missing` entry of an impl whose build or call raised ``exc`` (an
+        `anchors.AnchorMissing` reads as missing, anything else as failed)."""
+        reason = str(exc) if type(exc).__name__ == "AnchorMissing" else f"failed: {type(exc).__name__}: {exc}"
+        return self.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
+
     def measure(self, fn: Callable | None = None, *, suite: str, name: str, impl: str, params: dict,
                 build: Callable[[], Callable] | None = None, bytes_moved: int | None = None,
                 flops: int | None = None, baseline: str | None = None, extra: dict | None = None,
@@ -342,8 +349,7 @@ class BenchContext:
             elif outer.growth is not None:
                 timing["peak_mem_bytes"] = max(outer.growth, timing["peak_mem_bytes"] or 0)
         except Exception as exc:  # a failing impl is reported, the run goes on
-            reason = str(exc) if type(exc).__name__ == "AnchorMissing" else f"failed: {type(exc).__name__}: {exc}"
-            return self.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
+            return self.failed(exc, suite=suite, impl=impl, name=name, params=params)
         finally:
             fn = None
             _release_free_memory(collect=not self.quick)

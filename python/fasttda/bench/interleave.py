@@ -32,14 +32,13 @@ def _sync(device: str) -> None:
 
 def measure_interleaved(ctx: BenchContext, builds: dict[str, Callable[[], Callable]], *, suite: str, name: str,
                         params: dict, rotate: Sequence, warmup: int, rounds: int,
-                        baseline: str | None = None, extra: Callable[[str], dict] | None = None,
-                        on_built: Callable[[str, Callable], None] | None = None) -> list[dict]:
+                        baseline: str | None = None, extra: Callable[[str], dict] | None = None) -> list[dict]:
     """One case per implementation in ``builds`` (impl name -> builder of ``fn(input_set)``).
 
     An implementation whose build or call raises is reported as missing and leaves the
     rounds; the others go on. ``baseline`` names the implementation the others are compared
     with (its own case has none). ``extra(impl)`` gives each case's extra fields, read after
-    the rounds; ``on_built(impl, fn)`` sees each built fn.
+    the rounds.
     """
     if not rotate:
         raise ValueError("rotate must hold at least one input set")
@@ -50,8 +49,7 @@ def measure_interleaved(ctx: BenchContext, builds: dict[str, Callable[[], Callab
     missing: dict[str, dict] = {}
 
     def fail(impl: str, exc: Exception) -> None:
-        reason = str(exc) if type(exc).__name__ == "AnchorMissing" else f"failed: {type(exc).__name__}: {exc}"
-        missing[impl] = ctx.missing(suite=suite, impl=impl, name=name, params=params, reason=reason[:500])
+        missing[impl] = ctx.failed(exc, suite=suite, impl=impl, name=name, params=params)
         fns.pop(impl, None)
 
     for impl, build in builds.items():
@@ -62,8 +60,6 @@ def measure_interleaved(ctx: BenchContext, builds: dict[str, Callable[[], Callab
                 base = torch.cuda.memory_allocated()
             with _PeakMemory(ctx.device) as mem:
                 fns[impl] = build()
-                if on_built is not None:
-                    on_built(impl, fns[impl])
                 for i in range(warmup):
                     fns[impl](rotate[i % len(rotate)])
                 _sync(ctx.device)
